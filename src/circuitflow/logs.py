@@ -1,0 +1,40 @@
+"""Per-job logging for workflow scripts: everything a job prints goes to its Snakemake ``log:`` file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def log_to(path: Path | str) -> Iterator[logging.Logger]:
+    """Send stdout, stderr and ``logging`` (INFO) to ``path`` for the duration of the block.
+
+    An exception is written to the log as a traceback and re-raised, so Snakemake marks the job failed and points
+    at the log; a :class:`ValueError` carrying a user-facing message is also echoed as one line on the real stderr.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real_stderr = sys.stderr
+    with open(path, "w", buffering=1) as stream, contextlib.redirect_stdout(stream), \
+            contextlib.redirect_stderr(stream):
+        root = logging.getLogger()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logger = logging.getLogger("circuitflow.job")
+        try:
+            yield logger
+        except ValueError as err:
+            logger.exception("job failed")
+            print(f"error: {err} (log: {path})", file=real_stderr)
+            raise
+        except BaseException:
+            logger.exception("job failed")
+            raise
+        finally:
+            root.removeHandler(handler)

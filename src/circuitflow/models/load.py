@@ -1,0 +1,90 @@
+"""Loading a model handle into Hugging Face and into a TransformerLens 4 ``TransformerBridge``.
+
+The bridge is booted around the already-loaded HF model (``boot_transformers(..., hf_model=...)``), so every source
+(toy checkpoint, hub snapshot, local directory, merged LoRA) goes through one path. Without
+``enable_compatibility_mode()`` the bridge's logits equal the HF model's exactly (eager attention on both).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from circuitflow.models.handle import ModelHandle
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("float32", "bfloat16", "float16")
+DeviceName = Literal["auto", "cpu", "cuda", "mps"] | str
+
+
+def resolve_device(device: DeviceName = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name is returned unchanged."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map a config dtype name (``float32``, ``bfloat16``, ``float16``) to a torch dtype."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _revision(handle: ModelHandle) -> dict:
+    return {"revision": handle.revision} if handle.source == "hub" and handle.revision else {}
+
+
+def load_tokenizer(handle: ModelHandle):
+    """The model's tokenizer (a fast HF tokenizer)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(handle.path, **_revision(handle))
+
+
+def load_hf_model(
+    handle: ModelHandle,
+    device: DeviceName = "auto",
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+):
+    """Load the HF causal LM in eval mode with eager attention; ``device_map`` (e.g. ``"auto"``) spreads a model
+    larger than one GPU over several and then ``device`` is ignored."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=resolve_dtype(dtype), attn_implementation="eager", **_revision(handle))
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(handle.path, **kwargs)
+    if device_map is None:
+        model = model.to(resolve_device(device))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_bridge(
+    handle: ModelHandle,
+    device: DeviceName = "auto",
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    hf_model=None,
+):
+    """A ``TransformerBridge`` around the handle's model (loaded with :func:`load_hf_model` unless given)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if hf_model is None:
+        hf_model = load_hf_model(handle, device, dtype, device_map)
+    tokenizer = load_tokenizer(handle)
+    kwargs = {"device_map": device_map} if device_map is not None else {"device": str(next(hf_model.parameters()).device)}
+    return TransformerBridge.boot_transformers(
+        handle.path, hf_model=hf_model, tokenizer=tokenizer, dtype=resolve_dtype(dtype), **_revision(handle), **kwargs
+    )

@@ -1,0 +1,81 @@
+"""LoRA merge: peft and raw formats give the same merged weights, and the merged model equals the adapter model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitflow.models import load_hf_model
+from circuitflow.models.lora import export_raw_lora, merge_adapter, merge_raw_lora
+from circuitflow.recipes import LoraRecipe
+from circuitflow.toy import finetune_lora
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(toy_handle, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    table = finetune_lora(Path(toy_handle.path), LoraRecipe(steps=30, rank=4, alpha=8, lr=1e-2), out)
+    assert set(table["stage"]) == {"base", "finetuned"}
+    return out
+
+
+def _logits(model) -> torch.Tensor:
+    tokens = torch.tensor([[4 + 3, 4 + 13, 4 + 5, 4 + 17], [4 + 9, 4 + 14, 4 + 2, 4 + 17]])
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def test_peft_merge_matches_adapter_and_raw_merge(toy_handle, adapter_dir, tmp_path):
+    from peft import PeftModel
+
+    with_adapter = PeftModel.from_pretrained(load_hf_model(toy_handle, "cpu"), str(adapter_dir))
+    expected = _logits(with_adapter)
+    merged_peft = merge_adapter(load_hf_model(toy_handle, "cpu"), adapter_dir)
+    torch.testing.assert_close(_logits(merged_peft), expected, atol=1e-4, rtol=0)
+
+    raw = tmp_path / "raw.safetensors"
+    scaling = export_raw_lora(adapter_dir, raw)
+    assert scaling == pytest.approx(8 / 4)
+    merged_raw = merge_adapter(load_hf_model(toy_handle, "cpu"), raw, scaling=scaling)
+    for (name, a), (_, b) in zip(merged_peft.state_dict().items(), merged_raw.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    # the adapter actually changed the model
+    assert not torch.allclose(_logits(load_hf_model(toy_handle, "cpu")), expected)
+
+
+def test_raw_merge_extra_pair_and_bias_known_numbers():
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+    model = torch.nn.Sequential(layer)
+    a, b = torch.ones(1, 3), torch.tensor([[1.0], [2.0]])
+    tensors = {"0.lora_A": a, "0.lora_B": b, "0.lora_A_extra": 2 * a, "0.lora_B_extra": b,
+               "0.bias_delta": torch.tensor([0.5, -0.5])}
+    assert merge_raw_lora(model, tensors, scaling=0.5, extra_scaling=0.25) == ["0"]
+    # 0.5 * B@A + 0.25 * B@(2A) = B@A
+    torch.testing.assert_close(layer.weight, b @ a)
+    torch.testing.assert_close(layer.bias, torch.tensor([0.5, -0.5]))
+
+
+@pytest.mark.parametrize(
+    ("tensors", "scaling", "extra", "message"),
+    [
+        ({"nope.lora_A": torch.ones(1, 3), "nope.lora_B": torch.ones(2, 1)}, 1.0, None, "not a weight-bearing"),
+        ({"0.lora_A": torch.ones(1, 3)}, 1.0, None, "come in pairs"),
+        ({"0.lora_A": torch.ones(1, 4), "0.lora_B": torch.ones(2, 1)}, 1.0, None, "does not match"),
+        ({"0.lora_A_extra": torch.ones(1, 3), "0.lora_B_extra": torch.ones(2, 1)}, 1.0, None, "extra_scaling"),
+        ({"0.weird": torch.ones(1)}, 1.0, None, "expected <module>"),
+    ],
+)
+def test_raw_merge_errors(tensors, scaling, extra, message):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=message):
+        merge_raw_lora(model, tensors, scaling, extra)
+
+
+def test_merge_adapter_rejects_unknown_format(tmp_path):
+    with pytest.raises(ValueError, match="neither a peft adapter directory"):
+        merge_adapter(torch.nn.Linear(1, 1), tmp_path)

@@ -1,0 +1,62 @@
+# Config validation, wildcard constraints, input functions and the list of final outputs.
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from circuitflow import code_version
+from circuitflow.config import ConfigError, load_workflow_config
+
+try:
+    CFG, MODELS = load_workflow_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(f"config error: {err}") from None
+
+RES = CFG["results"]
+OPS = CFG["operators"]
+# GPU-capable jobs ask for one GPU unless the config pins the CPU (the default profile allows one at a time).
+GPU = 0 if CFG["device"] == "cpu" else 1
+
+
+def names(source=None, with_checkpoints=False):
+    return [n for n, s in MODELS.items()
+            if (source is None or s.source == source) and (not with_checkpoints or s.checkpoints)]
+
+
+def alternatives(items):
+    """A regex matching exactly one of ``items`` (or nothing when empty)."""
+    return "|".join(re.escape(i) for i in items) or "(?!)"
+
+
+wildcard_constraints:
+    model=alternatives(names()),
+    op=alternatives(OPS),
+
+
+def model_handle(wildcards):
+    return f"{RES}/models/{wildcards.model}/model.json"
+
+
+def lora_base_files(wildcards):
+    base = MODELS[wildcards.model].base
+    return {"handle": f"{RES}/models/{base}/model.json", "checkpoints": f"{RES}/models/{base}/checkpoints.json"}
+
+
+def lora_adapter(wildcards):
+    adapter = MODELS[wildcards.model].adapter
+    return adapter["path"] if "path" in adapter else f"{RES}/models/{wildcards.model}/adapter"
+
+
+def all_outputs():
+    outputs = [f"{RES}/figures/accuracy.png"]
+    for name in names():
+        outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
+        outputs.append(f"{RES}/{name}/accuracy.parquet")
+    for name in names(with_checkpoints=True):
+        outputs += [f"{RES}/{name}/checkpoint_accuracy.parquet", f"{RES}/figures/{name}/checkpoint_accuracy.png"]
+    for name in names("toy"):
+        outputs.append(f"{RES}/figures/{name}/training.png")
+    for name in names("lora"):
+        if "train" in MODELS[name].adapter:
+            outputs.append(f"{RES}/models/{name}/finetune.parquet")
+    return outputs

@@ -1,0 +1,44 @@
+# Figures are drawn from tables alone (no model is loaded), so restyling one reruns only its rule.
+
+
+rule plot_accuracy:
+    input:
+        tables=expand(f"{RES}/{{model}}/accuracy.parquet", model=names()),
+    output:
+        png=report(f"{RES}/figures/accuracy.png", caption="../report/accuracy.rst", category="Accuracy"),
+        pdf=f"{RES}/figures/accuracy.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_accuracy/all.log",
+    script:
+        "../scripts/plot_accuracy.py"
+
+
+rule plot_checkpoint_accuracy:
+    input:
+        table=f"{RES}/{{model}}/checkpoint_accuracy.parquet",
+    output:
+        png=report(f"{RES}/figures/{{model}}/checkpoint_accuracy.png", caption="../report/checkpoint_accuracy.rst",
+                   category="Accuracy"),
+        pdf=f"{RES}/figures/{{model}}/checkpoint_accuracy.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_checkpoint_accuracy/{{model}}.log",
+    script:
+        "../scripts/plot_checkpoint_accuracy.py"
+
+
+rule plot_training:
+    input:
+        table=f"{RES}/models/{{model}}/training_log.parquet",
+    output:
+        png=report(f"{RES}/figures/{{model}}/training.png", caption="../report/training.rst", category="Toy model"),
+        pdf=f"{RES}/figures/{{model}}/training.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_training/{{model}}.log",
+    script:
+        "../scripts/plot_training.py"

@@ -1,0 +1,94 @@
+# Every model ends as results/models/{model}/model.json (a handle to a loadable HF directory or hub id) plus
+# checkpoints.json (handles of the revisions analysed across training; empty when there are none).
+
+
+rule train_toy:
+    output:
+        checkpoints=directory(f"{RES}/models/{{model}}/checkpoints"),
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+        handle=f"{RES}/models/{{model}}/model.json",
+        training_log=f"{RES}/models/{{model}}/training_log.parquet",
+    params:
+        recipe=lambda w: MODELS[w.model].recipe,
+        seed=CFG["seed"],
+        code=code_version("toy", "recipes", "arithmetic", "models"),
+    wildcard_constraints:
+        model=alternatives(names("toy")),
+    threads: 2
+    log:
+        f"{RES}/logs/train_toy/{{model}}.log",
+    script:
+        "../scripts/train_toy.py"
+
+
+rule download_model:
+    output:
+        handle=f"{RES}/models/{{model}}/model.json",
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+    params:
+        spec=lambda w: MODELS[w.model],
+        code=code_version("models"),
+    wildcard_constraints:
+        model=alternatives(names("hub")),
+    retries: 2
+    log:
+        f"{RES}/logs/download_model/{{model}}.log",
+    script:
+        "../scripts/download_model.py"
+
+
+localrules:
+    register_local,
+
+
+rule register_local:
+    output:
+        handle=f"{RES}/models/{{model}}/model.json",
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+    params:
+        spec=lambda w: MODELS[w.model],
+    wildcard_constraints:
+        model=alternatives(names("local")),
+    log:
+        f"{RES}/logs/register_local/{{model}}.log",
+    script:
+        "../scripts/register_local.py"
+
+
+rule finetune_toy_lora:
+    input:
+        unpack(lora_base_files),
+    output:
+        adapter=directory(f"{RES}/models/{{model}}/adapter"),
+        raw=f"{RES}/models/{{model}}/adapter_raw.safetensors",
+        table=f"{RES}/models/{{model}}/finetune.parquet",
+    params:
+        spec=lambda w: MODELS[w.model],
+        seed=CFG["seed"],
+        code=code_version("toy", "recipes", "models"),
+    wildcard_constraints:
+        model=alternatives(n for n in names("lora") if "train" in MODELS[n].adapter),
+    threads: 2
+    log:
+        f"{RES}/logs/finetune_toy_lora/{{model}}.log",
+    script:
+        "../scripts/finetune_toy_lora.py"
+
+
+rule merge_lora:
+    input:
+        unpack(lora_base_files),
+        adapter=lora_adapter,
+    output:
+        merged=directory(f"{RES}/models/{{model}}/merged"),
+        handle=f"{RES}/models/{{model}}/model.json",
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+    params:
+        spec=lambda w: MODELS[w.model],
+        code=code_version("models"),
+    wildcard_constraints:
+        model=alternatives(names("lora")),
+    log:
+        f"{RES}/logs/merge_lora/{{model}}.log",
+    script:
+        "../scripts/merge_lora.py"

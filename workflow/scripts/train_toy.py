@@ -1,0 +1,22 @@
+"""Train the embedded toy model; write its checkpoints, their handles and the training log."""
+from pathlib import Path
+
+import torch
+
+from circuitflow.logs import log_to
+from circuitflow.models import ModelHandle, write_handle
+from circuitflow.io import write_json
+from circuitflow.recipes import ToyRecipe, recipe_from_dict
+from circuitflow.toy import train_toy
+
+with log_to(snakemake.log[0]) as log:
+    torch.set_num_threads(2)  # fixed, so the trained weights do not depend on the cores a job is given
+    name = snakemake.wildcards.model
+    recipe = recipe_from_dict(ToyRecipe, {"seed": snakemake.params.seed, **snakemake.params.recipe},
+                              f"models.{name}.recipe")
+    out = Path(snakemake.output.checkpoints)
+    train_toy(recipe, out, Path(snakemake.output.training_log))
+    handles = [ModelHandle(name, str((out / f"step{s}").resolve()), f"step{s}", "toy", {"step": s})
+               for s in recipe.checkpoint_steps]
+    write_json([h.__dict__ for h in handles], snakemake.output.index)
+    write_handle(handles[-1], snakemake.output.handle)
