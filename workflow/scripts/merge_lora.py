@@ -18,6 +18,7 @@ with log_to(snakemake.log[0]) as log:
         load_tokenizer(base).save_pretrained(tmp)
     provenance = {"base": base.__dict__, "adapter": spec.adapter}
     log.info("merged %s into %s@%s", snakemake.input.adapter, base.name, base.revision)
-    write_handle(ModelHandle(spec.name, str(Path(snakemake.output.merged).resolve()), None, "lora", provenance),
+    revision = f"{base.revision or 'main'}+lora"
+    write_handle(ModelHandle(spec.name, str(Path(snakemake.output.merged).resolve()), revision, "lora", provenance),
                  snakemake.output.handle)
     write_json([], snakemake.output.index)

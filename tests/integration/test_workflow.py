@@ -1,0 +1,96 @@
+"""The workflow end to end on a seconds-scale config: every output exists and is sane; a rerun does nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(ROOT / "tests/configs/tiny.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return workdir / "results"
+
+
+EXPECTED = [
+    "models/toy/model.json", "models/toy/checkpoints.json", "models/toy/training_log.parquet",
+    "models/toy/checkpoints/step0/config.json", "models/toy/checkpoints/step600/model.safetensors",
+    "models/toy-lora/adapter/adapter_config.json", "models/toy-lora/adapter_raw.safetensors",
+    "models/toy-lora/finetune.parquet", "models/toy-lora/merged/config.json", "models/toy-lora/model.json",
+    "toy/accuracy.parquet", "toy-lora/accuracy.parquet", "toy/checkpoint_accuracy.parquet",
+    "figures/accuracy.png", "figures/accuracy.pdf", "figures/toy/training.png",
+    "figures/toy/checkpoint_accuracy.png",
+    *(f"{m}/{kind}/{op}.parquet" for m in ("toy", "toy-lora") for kind in ("prompts", "answers")
+      for op in ("add", "sub", "mul", "div")),
+    *(f"logs/{rule}" for rule in ("train_toy", "prompts", "merge_lora", "finetune_toy_lora", "plot_accuracy")),
+]
+
+
+@pytest.mark.parametrize("relative", EXPECTED)
+def test_output_exists(results, relative):
+    path = results / relative
+    assert path.exists() and (path.is_dir() or path.stat().st_size > 0), relative
+
+
+def test_prompt_sets_are_sane(results):
+    for model in ("toy", "toy-lora"):
+        for op in ("add", "sub", "mul", "div"):
+            prompts = pd.read_parquet(results / model / "prompts" / f"{op}.parquet")
+            answers = pd.read_parquet(results / model / "answers" / f"{op}.parquet")
+            assert len(prompts) == 5
+            assert (prompts["corrupt_answer"] != prompts["answer"]).all()
+            assert set(prompts["prompt"]) <= set(answers[answers["correct"]]["prompt"])
+            assert prompts["operator"].eq(op).all() and prompts["model"].eq(model).all()
+
+
+def test_accuracy_tables_are_sane(results):
+    toy = pd.read_parquet(results / "toy" / "accuracy.parquet")
+    assert sorted(toy["operator"]) == ["add", "div", "mul", "sub"]
+    assert toy["accuracy"].between(0, 1).all() and (toy["accuracy"] > 0.5).all()
+    steps = pd.read_parquet(results / "toy" / "checkpoint_accuracy.parquet")
+    assert sorted(steps["step"].unique()) == [0, 100, 300, 600]
+    # the final checkpoint's accuracy equals the model's accuracy table (same prompts, same model)
+    final = steps[steps["step"] == 600].set_index("operator")["accuracy"]
+    assert final.to_dict() == pytest.approx(toy.set_index("operator")["accuracy"].to_dict())
+    assert steps[steps["step"] == 0]["accuracy"].max() < 0.2  # an untrained model does not do arithmetic
+    finetune = pd.read_parquet(results / "models" / "toy-lora" / "finetune.parquet")
+    assert set(finetune["stage"]) == {"base", "finetuned"}
+
+
+def test_figures_are_pngs(results):
+    for png in (results / "figures").rglob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_does_nothing(results):
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}
+    run = snakemake(results.parent)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Nothing to be done" in run.stdout + run.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "tests/configs/tiny.yaml").read_text().replace("k: 5", "k: 5\n  kk: 1"))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(bad), "--cores", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "config error: prompts: Additional properties are not allowed ('kk' was unexpected)" in run.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,66 @@
+"""Config errors stop the run before any job with one line naming the field and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from circuitflow.config import load_workflow_config
+from circuitflow.models.registry import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
+DEFAULT = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def _load(**changes):
+    config = copy.deepcopy(DEFAULT)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return load_workflow_config(config, SCHEMA)
+
+
+def test_default_config_is_valid_and_defaults_are_filled():
+    config, specs = _load()
+    assert set(specs) == {"toy", "toy-addsub-lora"}
+    assert specs["toy"].checkpoints[-1] == "step3000"
+    assert config["prompts"]["few_shot_separator"] == ";"  # filled from the schema
+    assert config["device_map"] is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"promts": {}}, r"<top level>: Additional properties are not allowed \('promts' was unexpected\)"),
+        ({"operators": ["add", "pow"]}, r"operators.1: 'pow' is not one of add, sub, mul, div"),
+        ({"prompts__operand_max": 150}, r"prompts.operand_max/answer_max: model toy has single tokens only for 0..99"),
+        ({"prompts__k": 700}, r"prompts.k=700: only 672 legal mul prompts exist"),
+        ({"models__toy__recipe__layers": 3}, r"models.toy.recipe: unknown key\(s\) \['layers'\]"),
+        ({"models__mine": {"source": "local", "path": "/no/such/dir"}}, r"models.mine.path: '/no/such/dir' is not a directory"),
+        ({"models__toy-addsub-lora__base": "nope"}, r"models.toy-addsub-lora.base: 'nope' is not a model"),
+        ({"models__toy-addsub-lora__base_revision": "step7"}, r"base_revision: 'step7' is not a checkpoint of toy"),
+        ({"models__hub1": {"source": "hub", "repo_id": "pythia"}}, r"models.hub1.repo_id: 'pythia' does not match"),
+        ({"models__figures": {"source": "toy"}}, r"models.figures: the name 'figures' is reserved"),
+        ({"models__x": {"source": "lora", "base": "toy", "adapter": {"path": "/no/adapter"}}},
+         r"models.x.adapter.path: '/no/adapter' does not exist"),
+    ],
+)
+def test_config_errors_name_field_and_fix(changes, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        _load(**changes)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["pythia-1.4b.yaml", "llama-3-8b.yaml", "gpt-j.yaml"])
+def test_shipped_real_model_configs_are_valid(name):
+    config, specs = load_workflow_config(yaml.safe_load((ROOT / "configs" / name).read_text()), SCHEMA)
+    assert all(spec.source == "hub" for spec in specs.values())
+    if name == "pythia-1.4b.yaml":
+        assert specs["pythia-1.4b-deduped"].checkpoints[0] == "step512"
