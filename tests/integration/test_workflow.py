@@ -94,3 +94,16 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert run.returncode != 0
     assert "config error: prompts: Additional properties are not allowed ('kk' was unexpected)" in run.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_changed_param_reruns_only_dependent_jobs(results, tmp_path):
+    changed = tmp_path / "changed.yaml"
+    changed.write_text((ROOT / "tests/configs/tiny.yaml").read_text().replace("base_revision: step300",
+                                                                              "base_revision: step100"))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(results.parent),
+           "--configfile", str(changed), "--cores", "1", "-n"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    planned = run.stdout + run.stderr
+    assert "rule finetune_toy_lora:" in planned and "rule merge_lora:" in planned
+    assert "rule train_toy:" not in planned

@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints, input functions and the list of final outputs.
+import dataclasses
 import re
 from pathlib import Path
 
@@ -31,6 +32,11 @@ def alternatives(items):
 wildcard_constraints:
     model=alternatives(names()),
     op=alternatives(OPS),
+
+
+def model_spec(wildcards):
+    """The model's registry entry as a plain dict (so Snakemake's params trigger sees every change)."""
+    return dataclasses.asdict(MODELS[wildcards.model])
 
 
 def model_handle(wildcards):

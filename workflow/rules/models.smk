@@ -26,7 +26,7 @@ rule download_model:
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
-        spec=lambda w: MODELS[w.model],
+        spec=model_spec,
         code=code_version("models"),
     wildcard_constraints:
         model=alternatives(names("hub")),
@@ -46,7 +46,7 @@ rule register_local:
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
-        spec=lambda w: MODELS[w.model],
+        spec=model_spec,
     wildcard_constraints:
         model=alternatives(names("local")),
     log:
@@ -63,7 +63,7 @@ rule finetune_toy_lora:
         raw=f"{RES}/models/{{model}}/adapter_raw.safetensors",
         table=f"{RES}/models/{{model}}/finetune.parquet",
     params:
-        spec=lambda w: MODELS[w.model],
+        spec=model_spec,
         seed=CFG["seed"],
         code=code_version("toy", "recipes", "models"),
     wildcard_constraints:
@@ -84,7 +84,7 @@ rule merge_lora:
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
-        spec=lambda w: MODELS[w.model],
+        spec=model_spec,
         code=code_version("models"),
     wildcard_constraints:
         model=alternatives(names("lora")),

@@ -25,5 +25,6 @@ with log_to(snakemake.log[0]) as log:
             tables.append(accuracy_table(answers, model=handle.name, revision=handle.revision, step=step))
         log.info("%s: %s", handle.revision, tables[-1].to_dict("records"))
         del model
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     write_parquet(concat(tables), snakemake.output.table)

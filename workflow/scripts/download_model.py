@@ -1,11 +1,12 @@
 """Download a hub model (and its training-checkpoint revisions) into the Hugging Face cache; write handles."""
 from circuitflow.io import write_json
 from circuitflow.logs import log_to
+from circuitflow.models.registry import ModelSpec
 from circuitflow.models import ModelHandle, write_handle
 from circuitflow.models.download import download_snapshot
 
 with log_to(snakemake.log[0]) as log:
-    spec = snakemake.params.spec
+    spec = ModelSpec(**snakemake.params.spec)
     handles = []
     for revision in (*spec.checkpoints, spec.revision):
         log.info("downloading %s@%s", spec.repo_id, revision)

@@ -5,6 +5,7 @@ import torch
 
 from circuitflow.io import write_parquet
 from circuitflow.logs import log_to
+from circuitflow.models.registry import ModelSpec
 from circuitflow.models.lora import export_raw_lora
 from circuitflow.models.select import base_handle
 from circuitflow.recipes import LoraRecipe, recipe_from_dict
@@ -12,7 +13,7 @@ from circuitflow.toy import finetune_lora
 
 with log_to(snakemake.log[0]) as log:
     torch.set_num_threads(2)
-    spec = snakemake.params.spec
+    spec = ModelSpec(**snakemake.params.spec)
     recipe = recipe_from_dict(LoraRecipe, {"seed": snakemake.params.seed, **spec.adapter["train"]},
                               f"models.{spec.name}.adapter.train")
     base = base_handle(spec, snakemake.input.handle, snakemake.input.checkpoints)

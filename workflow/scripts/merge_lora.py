@@ -2,13 +2,14 @@
 from pathlib import Path
 
 from circuitflow.logs import log_to
+from circuitflow.models.registry import ModelSpec
 from circuitflow.models import ModelHandle, load_hf_model, load_tokenizer, write_handle
 from circuitflow.io import atomic_dir, write_json
 from circuitflow.models.lora import merge_adapter
 from circuitflow.models.select import base_handle
 
 with log_to(snakemake.log[0]) as log:
-    spec = snakemake.params.spec
+    spec = ModelSpec(**snakemake.params.spec)
     base = base_handle(spec, snakemake.input.handle, snakemake.input.checkpoints)
     model = load_hf_model(base, device="cpu", dtype="float32")
     merged = merge_adapter(model, Path(snakemake.input.adapter), spec.adapter.get("scaling"),
