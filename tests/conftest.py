@@ -28,3 +28,35 @@ def toy_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_handle(toy_dir) -> ModelHandle:
     return ModelHandle("toy", str(toy_dir / "checkpoints" / "step150"), "step150", "toy")
+
+
+TINY_ARCHS = ("gpt_neox", "gptj", "llama_gqa", "gpt2")
+
+
+def tiny_config(arch: str, vocab: int, **overrides):
+    """A 2-layer, d_model 32, 4-head config of ``arch`` (random weights; built locally, never downloaded)."""
+    from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
+
+    if arch == "gpt_neox":
+        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, rotary_pct=0.25, max_position_embeddings=32, **overrides)
+    if arch == "gptj":
+        return GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=32, **overrides)
+    if arch == "llama_gqa":
+        return LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           **{"num_key_value_heads": 2, **overrides}, intermediate_size=64, max_position_embeddings=32)
+    return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=32, **overrides)
+
+
+def save_tiny_model(arch: str, path: Path, seed: int = 0, **overrides) -> Path:
+    """Save a tiny random ``arch`` model with the toy tokenizer (numbers 0..20) to ``path``."""
+    from transformers import AutoModelForCausalLM
+
+    from circuitflow.toy import build_tokenizer
+
+    tokenizer = build_tokenizer(20)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), **overrides))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

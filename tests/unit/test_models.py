@@ -10,33 +10,12 @@ import torch
 from circuitflow.models import ModelHandle, load_bridge, load_hf_model, load_tokenizer, max_single_token_number
 from circuitflow.models.download import DownloadError, download_snapshot
 from circuitflow.toy import build_tokenizer
+from tests.conftest import TINY_ARCHS, save_tiny_model
 
 
-def _tiny_config(arch: str, vocab: int):
-    from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
-
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=64, rotary_pct=0.25, max_position_embeddings=32)
-    if arch == "gptj":
-        return GPTJConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=32)
-    if arch == "llama_gqa":
-        return LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, intermediate_size=64, max_position_embeddings=32)
-    return GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=32)
-
-
-@pytest.fixture(scope="module", params=["gpt_neox", "gptj", "llama_gqa", "gpt2"])
+@pytest.fixture(scope="module", params=TINY_ARCHS)
 def tiny_model_dir(request, tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = build_tokenizer(20)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(_tiny_config(request.param, len(tokenizer)))
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_bridge_logits_equal_hf_logits(tiny_model_dir):

@@ -14,7 +14,7 @@ from circuitflow.models.handle import ModelHandle
 if TYPE_CHECKING:
     import torch
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 DeviceName = Literal["auto", "cpu", "cuda", "mps"] | str
 
 

@@ -1,0 +1,24 @@
+"""The circuit engine: edge attribution (EAP, EAP-IG, exact patching), graphs, circuits and faithfulness on
+TransformerLens 4's ``TransformerBridge``.
+
+Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
+
+    from circuitflow.circuits import Tracer, attribute, faithfulness_curve, pair_batches
+    from circuitflow.metrics import logit_diff
+    tracer = Tracer(bridge)
+    batches = pair_batches(prompts, bridge.tokenizer, batch_size=64)
+    graph = attribute(bridge, batches, logit_diff, method="EAP-IG-inputs", ig_steps=5, tracer=tracer)
+    curve = faithfulness_curve(bridge, graph, batches, logit_diff, tracer=tracer)
+"""
+
+from circuitflow.circuits.agreement import agreement
+from circuitflow.circuits.anatomy import Anatomy
+from circuitflow.circuits.attribution import METHODS, Method, attribute, exact_edge_scores
+from circuitflow.circuits.data import PairBatch, PairError, pair_batches, split_batches
+from circuitflow.circuits.evaluation import MIB_FRACTIONS, area_scores, evaluate_graph, evaluate_masks, faithfulness_curve
+from circuitflow.circuits.graph import Graph
+from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer
+
+__all__ = ["Anatomy", "agreement", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch",
+           "PairError", "Tracer", "area_scores", "attribute", "evaluate_graph", "evaluate_masks",
+           "exact_edge_scores", "faithfulness_curve", "pair_batches", "split_batches"]

@@ -1,0 +1,66 @@
+"""Clean/counterfactual prompt pairs as token batches for the circuit engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+
+class PairError(ValueError):
+    """A prompt set that the circuit engine cannot use (one line naming the problem and the fix)."""
+
+
+@dataclass
+class PairBatch:
+    """Equal-length clean and corrupt prompts: ``clean``/``corrupt`` ``[batch, pos]``, ``labels`` ``[batch, 2]``
+    (clean answer token r, corrupt answer token r'), ``lengths`` ``[batch]``."""
+
+    clean: Tensor
+    corrupt: Tensor
+    labels: Tensor
+    lengths: Tensor
+
+    def __len__(self) -> int:
+        return self.clean.shape[0]
+
+    def to(self, device: str | torch.device) -> PairBatch:
+        return PairBatch(*(t.to(device) for t in (self.clean, self.corrupt, self.labels, self.lengths)))
+
+
+def pair_batches(prompts: pd.DataFrame, tokenizer, batch_size: int) -> list[PairBatch]:
+    """Tokenize a prompt set (columns ``prompt, corrupt_prompt, answer_token, corrupt_answer_token``) into batches
+    of at most ``batch_size`` pairs that share a token length (rows keep their order within a length)."""
+    if len(prompts) == 0:
+        raise PairError("the prompt set is empty: nothing to attribute; check prompts.k and the prompts table")
+    clean = tokenizer(list(prompts["prompt"]))["input_ids"]
+    corrupt = tokenizer(list(prompts["corrupt_prompt"]))["input_ids"]
+    bad = [i for i, (a, b) in enumerate(zip(clean, corrupt)) if len(a) != len(b)]
+    if bad:
+        i = bad[0]
+        raise PairError(f"prompt {prompts['prompt'].iloc[i]!r} and its counterfactual "
+                        f"{prompts['corrupt_prompt'].iloc[i]!r} have different token lengths; patching needs "
+                        "equal lengths (rebuild the prompt set)")
+    labels = prompts[["answer_token", "corrupt_answer_token"]].to_numpy(dtype=np.int64)
+    lengths = np.array([len(t) for t in clean])
+    batches = []
+    for length in sorted(set(lengths)):
+        rows = np.flatnonzero(lengths == length)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batches.append(PairBatch(torch.tensor([clean[i] for i in chunk]), torch.tensor([corrupt[i] for i in chunk]),
+                                     torch.from_numpy(labels[chunk]), torch.full((len(chunk),), int(length))))
+    return batches
+
+
+def split_batches(batches: list[PairBatch], batch_size: int) -> list[PairBatch]:
+    """The same pairs re-cut into batches of at most ``batch_size``."""
+    out = []
+    for batch in batches:
+        for start in range(0, len(batch), batch_size):
+            part = slice(start, start + batch_size)
+            out.append(PairBatch(batch.clean[part], batch.corrupt[part], batch.labels[part], batch.lengths[part]))
+    return out

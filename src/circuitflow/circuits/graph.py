@@ -1,0 +1,249 @@
+"""The computational graph of a transformer and its circuits (``../shared/design.md`` §4).
+
+Upstream nodes (writers into the residual stream), in forward order::
+
+    input, a0.h0 … a0.h{H-1}, m0, a1.h0, …, m{L-1}
+
+Downstream inputs (readers of the residual stream), per layer l::
+
+    a{l}.h{h}<q> for each query head, a{l}.g{g}<k>, a{l}.g{g}<v> for each key/value head, m{l}<in>; then logits
+
+Keys and values are read once per key/value head, so with grouped-query attention an edge into ``<k>``/``<v>`` is an
+edge into the whole group (its input is shared; the gradient there is the sum over the group's query heads). An
+edge u → v exists when u is computed before v reads the residual stream: heads of layer l feed the MLP of layer l
+only in sequential blocks (not in parallel GPT-NeoX/GPT-J blocks).
+
+A :class:`Graph` holds a dense ``scores[n_up, n_down]`` tensor, the ``valid`` edge mask and the ``in_graph`` circuit
+mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. Graphs save to ``.pt`` and load back,
+and export a readable ``.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from circuitflow.io import atomic_path
+
+Selection = Literal["topn", "threshold", "greedy"]
+
+
+@dataclass
+class Graph:
+    """Edge scores and a circuit over the nodes of a model with the given shape."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    parallel: bool
+    scores: Tensor  # [n_up, n_down], float32, 0 on invalid edges
+    in_graph: Tensor  # [n_up, n_down], bool
+    meta: dict = field(default_factory=dict)
+    node_scores: Tensor | None = None  # [n_up]: Δ_u · ∂L/∂z_u = the sum of u's outgoing edge scores
+
+    # ---------------------------------------------------------------- construction and indexing
+    @classmethod
+    def empty(cls, n_layers: int, n_heads: int, n_kv_heads: int, parallel: bool, meta: dict | None = None) -> Graph:
+        """A graph with zero scores and every valid edge in the circuit (the full model)."""
+        graph = cls(n_layers, n_heads, n_kv_heads, parallel, torch.zeros(0), torch.zeros(0, dtype=torch.bool),
+                    meta or {})
+        graph.scores = torch.zeros(graph.n_up, graph.n_down)
+        graph.in_graph = graph.valid.clone()
+        return graph
+
+    @property
+    def n_up(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def down_per_layer(self) -> int:
+        return self.n_heads + 2 * self.n_kv_heads + 1
+
+    @property
+    def n_down(self) -> int:
+        return self.n_layers * self.down_per_layer + 1
+
+    def head_up(self, layer: int) -> slice:
+        """Upstream indices of layer ``layer``'s heads."""
+        start = 1 + layer * (self.n_heads + 1)
+        return slice(start, start + self.n_heads)
+
+    def mlp_up(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def down(self, layer: int, role: Literal["q", "k", "v", "mlp"]) -> slice:
+        """Downstream indices of layer ``layer``'s query/key/value inputs or its MLP input."""
+        base = layer * self.down_per_layer
+        h, g = self.n_heads, self.n_kv_heads
+        return {"q": slice(base, base + h), "k": slice(base + h, base + h + g),
+                "v": slice(base + h + g, base + h + 2 * g), "mlp": slice(base + h + 2 * g, base + h + 2 * g + 1)}[role]
+
+    @property
+    def logits_down(self) -> int:
+        return self.n_down - 1
+
+    def upstream_before(self, layer: int, role: Literal["attn", "mlp", "logits"]) -> int:
+        """How many upstream nodes (a prefix in forward order) feed an input of ``role`` in ``layer``."""
+        if role == "logits":
+            return self.n_up
+        start = 1 + layer * (self.n_heads + 1)
+        return start + (self.n_heads if role == "mlp" and not self.parallel else 0)
+
+    @property
+    def valid(self) -> Tensor:
+        """``[n_up, n_down]`` bool: which edges exist."""
+        mask = torch.zeros(self.n_up, self.n_down, dtype=torch.bool)
+        for layer in range(self.n_layers):
+            mask[: self.upstream_before(layer, "attn"), self.down(layer, "q").start : self.down(layer, "v").stop] = True
+            mask[: self.upstream_before(layer, "mlp"), self.down(layer, "mlp")] = True
+        mask[:, self.logits_down] = True
+        return mask
+
+    def upstream_names(self) -> list[str]:
+        names = ["input"]
+        for layer in range(self.n_layers):
+            names += [f"a{layer}.h{h}" for h in range(self.n_heads)] + [f"m{layer}"]
+        return names
+
+    def downstream_names(self) -> list[str]:
+        names = []
+        for layer in range(self.n_layers):
+            names += [f"a{layer}.h{h}<q>" for h in range(self.n_heads)]
+            names += [f"a{layer}.g{g}<{r}>" for r in "kv" for g in range(self.n_kv_heads)]
+            names.append(f"m{layer}<in>")
+        return names + ["logits"]
+
+    # ---------------------------------------------------------------- nodes of a circuit
+    def _down_owner(self) -> Tensor:
+        """``[n_down, n_up + 1]`` bool: which upstream node(s) each downstream input belongs to (column n_up is
+        the logits)."""
+        owner = torch.zeros(self.n_down, self.n_up + 1, dtype=torch.bool)
+        for layer in range(self.n_layers):
+            heads = self.head_up(layer)
+            owner[self.down(layer, "q"), heads] = torch.eye(self.n_heads, dtype=torch.bool)
+            group = torch.eye(self.n_kv_heads, dtype=torch.bool).repeat_interleave(self.n_heads // self.n_kv_heads, 1)
+            owner[self.down(layer, "k"), heads] = group
+            owner[self.down(layer, "v"), heads] = group
+            owner[self.down(layer, "mlp"), self.mlp_up(layer)] = True
+        owner[self.logits_down, self.n_up] = True
+        return owner
+
+    def nodes_in_graph(self) -> Tensor:
+        """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits."""
+        owner = self._down_owner()
+        writes = self.in_graph.any(1)
+        reads = (self.in_graph.any(0)[:, None] & owner).any(0)
+        return torch.cat([writes, torch.zeros(1, dtype=torch.bool)]) | reads
+
+    def prune(self) -> Graph:
+        """Keep only circuit edges on a path from the input to the logits (in place; returns self)."""
+        owner = self._down_owner().float()
+        edges = self.in_graph.float()
+        forward = torch.zeros(self.n_up + 1)
+        forward[0] = 1
+        backward = torch.zeros(self.n_up + 1)
+        backward[-1] = 1
+        for _ in range(2 * self.n_layers + 2):  # longest path: input, one node per layer and role, logits
+            forward = torch.maximum(forward, ((forward[: self.n_up] @ edges) @ owner).clamp(max=1))
+            backward = torch.maximum(backward, torch.cat([(edges @ (owner @ backward)).clamp(max=1), backward[-1:]]))
+        alive_down = (owner @ backward).bool()
+        self.in_graph &= forward[: self.n_up].bool()[:, None] & alive_down[None, :]
+        return self
+
+    # ---------------------------------------------------------------- selection
+    def _ranked(self, absolute: bool) -> Tensor:
+        values = self.scores.abs() if absolute else self.scores
+        return values.masked_fill(~self.valid, -math.inf)
+
+    def select_topn(self, n: int, absolute: bool = True) -> Graph:
+        """The ``n`` edges with the highest (absolute or signed) scores form the circuit (in place)."""
+        ranked = self._ranked(absolute).flatten()
+        self.in_graph = torch.zeros_like(self.in_graph)
+        n = min(n, int(self.valid.sum()))
+        if n > 0:
+            self.in_graph.view(-1)[ranked.topk(n).indices] = True
+        self.meta["selection"] = dict(method="topn", n=n, absolute=absolute)
+        return self
+
+    def select_threshold(self, threshold: float, absolute: bool = True) -> Graph:
+        """Edges whose (absolute or signed) score is at least ``threshold`` form the circuit (in place)."""
+        self.in_graph = self.valid & (self._ranked(absolute) >= threshold)
+        self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute)
+        return self
+
+    def select_greedy(self, n: int, absolute: bool = True) -> Graph:
+        """Grow a circuit from the logits: repeatedly add the best edge whose reader's node is already in the
+        circuit, until it has ``n`` edges (in place)."""
+        ranked = self._ranked(absolute)
+        owner = self._down_owner()
+        in_nodes = torch.zeros(self.n_up + 1, dtype=torch.bool)
+        in_nodes[-1] = True
+        chosen = torch.zeros_like(self.in_graph)
+        for _ in range(min(n, int(self.valid.sum()))):
+            reachable = (owner & in_nodes[None, :]).any(1)  # downstream inputs whose node is in the circuit
+            candidates = ranked.masked_fill(chosen | ~reachable[None, :], -math.inf)
+            best = int(candidates.flatten().argmax())
+            if candidates.flatten()[best] == -math.inf:
+                break
+            up, down = divmod(best, self.n_down)
+            chosen[up, down] = True
+            in_nodes[up] = True
+        self.in_graph = chosen
+        self.meta["selection"] = dict(method="greedy", n=int(chosen.sum()), absolute=absolute)
+        return self
+
+    def select(self, method: Selection, size: float, absolute: bool = True) -> Graph:
+        """Dispatch to :meth:`select_topn`, :meth:`select_threshold` or :meth:`select_greedy`."""
+        if method == "topn":
+            return self.select_topn(int(size), absolute)
+        if method == "threshold":
+            return self.select_threshold(float(size), absolute)
+        if method == "greedy":
+            return self.select_greedy(int(size), absolute)
+        raise ValueError(f"unknown selection {method!r}: use topn, threshold or greedy")
+
+    # ---------------------------------------------------------------- counts
+    @property
+    def n_valid_edges(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def n_edges(self) -> int:
+        """Edges in the circuit."""
+        return int(self.in_graph.sum())
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes in the circuit (writers or readers of a circuit edge, the logits included)."""
+        return int(self.nodes_in_graph().sum())
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: Path | str) -> None:
+        """Write the graph to ``path`` (``.pt``), atomically."""
+        state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                     parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
+                     node_scores=self.node_scores)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    @classmethod
+    def load(cls, path: Path | str) -> Graph:
+        """Read a graph written by :meth:`save`."""
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
+    def to_json(self, path: Path | str) -> None:
+        """Write a readable ``.json``: shape, metadata, and every valid edge with its score and membership."""
+        ups, downs = self.upstream_names(), self.downstream_names()
+        idx = self.valid.nonzero().tolist()
+        edges = [dict(source=ups[u], target=downs[d], score=float(self.scores[u, d]),
+                      in_graph=bool(self.in_graph[u, d])) for u, d in idx]
+        doc = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, parallel=self.parallel,
+                   meta=self.meta, n_edges_in_graph=self.n_edges, n_nodes_in_graph=self.n_nodes, edges=edges)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=1))

@@ -1,0 +1,228 @@
+"""Forward and backward passes of a ``TransformerBridge`` with the circuit engine's hooks.
+
+:class:`Tracer` does three things, all on the ordinary (unsplit) forward of the bridge:
+
+* :meth:`Tracer.outputs` — every upstream node's output in d_model space, ``[batch, pos, n_up, d_model]``
+  (the input embedding, each head's ``z_h @ W_O[h]``, each MLP's output);
+* :meth:`Tracer.gradient_pass` — one forward/backward; the gradient at every downstream input (each head's q,
+  each key/value head's k and v, each MLP input, the logits) is rebuilt from the d_head-wide gradients at
+  ``hook_q/k/v`` through ``W_Q/K/V`` and the norm's vector-Jacobian product (see :mod:`.anatomy`), and dotted with
+  the upstream differences Δ straight away, so scores accumulate in a ``[n_up, n_down]`` matrix and no
+  ``[batch, pos, head, d_head, d_model]`` tensor is ever formed;
+* :meth:`Tracer.run_masked` — a forward where every downstream input v receives Σ Δ_u over the upstream nodes u
+  whose edge u → v is masked out (circuit evaluation and exact edge patching); several masks run at once, stacked
+  in the batch dimension.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from circuitflow.circuits.anatomy import Anatomy, norm_vjp, normed_shift
+from circuitflow.circuits.data import PairBatch
+from circuitflow.circuits.graph import Graph
+from circuitflow.metrics import Metric
+
+Intervention = Literal["patching", "zero", "mean", "mean-positional"]
+INTERVENTIONS = ("patching", "zero", "mean", "mean-positional")
+
+Edit = tuple[str, slice, float]  # (hook name, upstream nodes, beta): add beta * Σ_{u in nodes} Δ_u at that hook
+
+
+def head_outputs(W_O: Tensor, z: Tensor) -> Tensor:
+    """Each head's write into the residual stream, ``[batch, pos, head, d_model]``, from ``z`` ``[batch, pos, head,
+    d_head]`` and ``W_O`` ``[head, d_head, d_model]`` (the output bias belongs to no head)."""
+    return torch.einsum("bphe,hed->bphd", z, W_O)
+
+
+class Tracer:
+    """The circuit engine's passes over one bridge (see the module docstring)."""
+
+    def __init__(self, bridge, anatomy: Anatomy | None = None):
+        self.bridge = bridge
+        self.anatomy = anatomy or Anatomy.from_bridge(bridge)
+        a = self.anatomy
+        self.shape = Graph.empty(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel)
+        self.device = next(bridge.parameters()).device
+
+    # ------------------------------------------------------------------ upstream outputs
+    def _capture_hooks(self, store: dict[str, Tensor]) -> list:
+        def keep(key, tensor, hook):
+            store[key] = tensor.detach()
+
+        hooks = [(self.anatomy.input_hook, partial(keep, "input"))]
+        for layer, la in enumerate(self.anatomy.layers):
+            hooks += [(la.hooks["z"], partial(keep, f"z{layer}")), (la.hooks["mlp_out"], partial(keep, f"m{layer}"))]
+        return hooks
+
+    def _stack(self, store: dict[str, Tensor]) -> Tensor:
+        parts = [store["input"].unsqueeze(2)]
+        for layer, la in enumerate(self.anatomy.layers):
+            parts += [head_outputs(la.W_O, store[f"z{layer}"]), store[f"m{layer}"].unsqueeze(2)]
+        return torch.cat(parts, dim=2)
+
+    @torch.no_grad()
+    def outputs(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits ``[batch, pos, vocab]``, upstream outputs ``[batch, pos, n_up, d_model]``) of a clean run."""
+        store: dict[str, Tensor] = {}
+        with self.bridge.hooks(fwd_hooks=self._capture_hooks(store)):
+            logits = self.bridge(tokens.to(self.device))
+        return logits, self._stack(store)
+
+    @torch.no_grad()
+    def reference(self, batch: PairBatch, intervention: Intervention, means: Tensor | None = None) -> Tensor:
+        """What each upstream node is replaced with, broadcastable to ``[batch, pos, n_up, d_model]``: the corrupt
+        run's outputs (patching), zeros, or means from :meth:`means` (``[1 or pos, n_up, d_model]``)."""
+        if intervention == "patching":
+            return self.outputs(batch.corrupt)[1]
+        if intervention == "zero":
+            return torch.zeros(1, 1, self.shape.n_up, self.anatomy.d_model, device=self.device,
+                               dtype=self.anatomy.layers[0].W_O.dtype)
+        if intervention in ("mean", "mean-positional"):
+            if means is None:
+                raise ValueError(f"intervention {intervention!r} needs means (Tracer.means on an intervention dataset)")
+            if intervention == "mean-positional" and means.shape[0] != batch.clean.shape[1]:
+                raise ValueError(f"mean-positional means cover {means.shape[0]} positions but the prompts have "
+                                 f"{batch.clean.shape[1]}: compute them on prompts of the same token length")
+            return means.unsqueeze(0).to(self.device)
+        raise ValueError(f"unknown intervention {intervention!r}: use one of {', '.join(INTERVENTIONS)}")
+
+    @torch.no_grad()
+    def means(self, token_batches: list[Tensor], positional: bool) -> Tensor:
+        """Mean upstream outputs over an intervention dataset: ``[pos, n_up, d]`` (positional) or ``[1, n_up, d]``."""
+        total, count = None, 0
+        for tokens in token_batches:
+            outs = self.outputs(tokens)[1].float()
+            summed = outs.sum(0) if positional else outs.sum((0, 1)).unsqueeze(0)
+            total = summed if total is None else total + summed
+            count += outs.shape[0] * (1 if positional else outs.shape[1])
+        if total is None:
+            raise ValueError("the intervention dataset is empty")
+        return (total / count).to(self.anatomy.layers[0].W_O.dtype)
+
+    # ------------------------------------------------------------------ gradients at downstream inputs
+    def gradient_pass(self, batch: PairBatch, clean_logits: Tensor, metric: Metric, delta: Tensor, scores: Tensor,
+                      edits: list[Edit] = (), up: slice = slice(None), weight: float = 1.0) -> None:
+        """One forward/backward on ``batch.clean`` with ``edits`` applied; add ``weight · Σ_examples Σ_pos
+        Δ_u · ∂L/∂x_v`` to ``scores[u, v]`` for upstream nodes u in ``up`` (L = Σ of the per-example metric)."""
+        a, g = self.anatomy, self.shape
+        fwd: list = []
+        store: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+
+        def keep(key, tensor, hook):
+            store[key] = tensor.detach()
+
+        def keep_grad(key, grad, hook):
+            grads[key] = grad.detach()
+
+        def add(nodes, beta, tensor, hook):
+            return tensor + beta * delta[:, :, nodes].sum(2)
+
+        def leaf(tensor, hook):
+            return tensor.detach().requires_grad_(True)
+
+        for hook, nodes, beta in edits:
+            fwd.append((hook, partial(add, nodes, beta)))
+        fwd.append((a.input_hook, leaf))
+        bwd = [(a.final_hook, partial(keep_grad, "final"))]
+        for layer, la in enumerate(a.layers):
+            for role in ("attn_norm_in", "mlp_norm_in"):
+                fwd.append((la.hooks[role], partial(keep, f"{role}{layer}")))
+            for role in ("q", "k", "v", "mlp_in"):
+                bwd.append((la.hooks[role], partial(keep_grad, f"{role}{layer}")))
+        with torch.enable_grad(), self.bridge.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+            logits = self.bridge(batch.clean)
+            value = metric(logits, clean_logits, batch.lengths, batch.labels)
+            if not torch.isfinite(value).all():
+                raise FloatingPointError("the metric is NaN or infinite on some prompts; check the labels and dtype")
+            value.sum().backward()
+
+        start, stop, _ = up.indices(g.n_up)
+
+        def accumulate(n_before: int, cols: slice | int, grad_x: Tensor) -> None:
+            hi = min(stop, n_before)
+            if hi > start:
+                part = torch.einsum("bpud,bpnd->un", delta[:, :, start:hi], grad_x.to(delta.dtype))
+                scores[start:hi, cols] += weight * part.float().reshape(hi - start, -1)
+
+        for layer, la in enumerate(a.layers):
+            cotangent = torch.cat([torch.einsum("bphe,hde->bphd", grads[f"{r}{layer}"], w)
+                                   for r, w in (("q", la.W_Q), ("k", la.W_K), ("v", la.W_V))], dim=2)
+            grad_x = norm_vjp(la.attn_norm, store[f"attn_norm_in{layer}"], cotangent)
+            accumulate(g.upstream_before(layer, "attn"), slice(g.down(layer, "q").start, g.down(layer, "v").stop),
+                       grad_x)
+            grad_x = norm_vjp(la.mlp_norm, store[f"mlp_norm_in{layer}"], grads[f"mlp_in{layer}"].unsqueeze(2))
+            accumulate(g.upstream_before(layer, "mlp"), g.down(layer, "mlp"), grad_x)
+        accumulate(g.n_up, slice(g.logits_down, g.logits_down + 1), grads["final"].unsqueeze(2))
+
+    # ------------------------------------------------------------------ masked forward (evaluation, exact patching)
+    @torch.no_grad()
+    def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor) -> Tensor:
+        """Logits ``[n_masks * batch, pos, vocab]`` when every downstream input v receives Σ_u Δ_u over the
+        upstream u with ``missing[i, u, v]`` (``missing`` is ``[n_masks, n_up, n_down]`` bool; mask i runs on rows
+        ``i*batch … (i+1)*batch-1``). Δ_u = reference_u − u's output in this very run."""
+        a, g = self.anatomy, self.shape
+        n_masks, b = missing.shape[0], len(batch)
+        missing = missing.to(self.device)
+        tokens = batch.clean.to(self.device).repeat(n_masks, 1)
+        pos = tokens.shape[1]
+        ref = reference.expand(b, pos, g.n_up, a.d_model).repeat(n_masks, 1, 1, 1)
+        cur = torch.zeros_like(ref)  # Δ of the nodes computed so far in this run
+        store: dict[str, Tensor] = {}
+
+        def shift(n_before: int, cols: slice) -> Tensor | None:
+            sel = missing[:, :n_before, cols]
+            if not sel.any():
+                return None
+            d = cur[:, :, :n_before].unflatten(0, (n_masks, b))
+            return torch.einsum("vbpud,vun->vbpnd", d, sel.to(d.dtype)).flatten(0, 1)
+
+        def set_delta(nodes, value_fn, tensor, hook):
+            cur[:, :, nodes] = ref[:, :, nodes] - value_fn(tensor)
+
+        def keep(key, tensor, hook):
+            store[key] = tensor
+
+        def edit_qkv(layer, role, weight, tensor, hook):
+            s = shift(g.upstream_before(layer, "attn"), g.down(layer, role))
+            if s is None:
+                return tensor
+            la = a.layers[layer]
+            return tensor + torch.einsum("bphd,hde->bphe", normed_shift(la.attn_norm, store[f"attn{layer}"], s), weight)
+
+        def edit_mlp(layer, tensor, hook):
+            s = shift(g.upstream_before(layer, "mlp"), g.down(layer, "mlp"))
+            if s is None:
+                return tensor
+            return tensor + normed_shift(a.layers[layer].mlp_norm, store[f"mlp{layer}"], s).squeeze(2)
+
+        def edit_final(tensor, hook):
+            s = shift(g.n_up, slice(g.logits_down, g.logits_down + 1))
+            return tensor if s is None else tensor + s.squeeze(2)
+
+        fwd = [(a.input_hook, partial(set_delta, slice(0, 1), lambda t: t.unsqueeze(2)))]
+        for layer, la in enumerate(a.layers):
+            h = la.hooks
+            fwd += [(h["attn_norm_in"], partial(keep, f"attn{layer}")), (h["mlp_norm_in"], partial(keep, f"mlp{layer}"))]
+            fwd += [(h[r], partial(edit_qkv, layer, r, w)) for r, w in (("q", la.W_Q), ("k", la.W_K), ("v", la.W_V))]
+            fwd.append((h["z"], partial(set_delta, g.head_up(layer), partial(head_outputs, la.W_O))))
+            fwd.append((h["mlp_in"], partial(edit_mlp, layer)))
+            fwd.append((h["mlp_out"], partial(set_delta, slice(g.mlp_up(layer), g.mlp_up(layer) + 1),
+                                              lambda t: t.unsqueeze(2))))
+        fwd.append((a.final_hook, edit_final))
+        with self.bridge.hooks(fwd_hooks=fwd):
+            return self.bridge(tokens)
+
+
+def metric_values(metric: Metric, logits: Tensor, clean_logits: Tensor, batch: PairBatch) -> Tensor:
+    """The per-example metric of ``logits`` ``[n * batch, pos, vocab]`` as ``[n, batch]``."""
+    n = logits.shape[0] // len(batch)
+    rep = lambda t: t.to(logits.device).repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
+    values = metric(logits, rep(clean_logits), rep(batch.lengths), rep(batch.labels))
+    return values.view(n, len(batch))
+
