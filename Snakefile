@@ -15,6 +15,7 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
+include: "workflow/rules/circuits.smk"
 include: "workflow/rules/figures.smk"
 
 

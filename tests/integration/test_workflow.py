@@ -27,6 +27,7 @@ def results(tmp_path_factory) -> Path:
     return workdir / "results"
 
 
+METHODS = ("EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact")
 EXPECTED = [
     "models/toy/model.json", "models/toy/checkpoints.json", "models/toy/training_log.parquet",
     "models/toy/checkpoints/step0/config.json", "models/toy/checkpoints/step600/model.safetensors",
@@ -37,7 +38,13 @@ EXPECTED = [
     "figures/toy/checkpoint_accuracy.png",
     *(f"{m}/{kind}/{op}.parquet" for m in ("toy", "toy-lora") for kind in ("prompts", "answers")
       for op in ("add", "sub", "mul", "div")),
-    *(f"logs/{rule}" for rule in ("train_toy", "prompts", "merge_lora", "finetune_toy_lora", "plot_accuracy")),
+    *(f"logs/{rule}" for rule in ("train_toy", "prompts", "merge_lora", "finetune_toy_lora", "plot_accuracy",
+                                   "attribute", "faithfulness", "draw_circuits")),
+    *(f"toy/graphs/{op}/{m}.{ext}" for op in ("add", "sub", "mul", "div") for m in METHODS for ext in ("pt", "json")),
+    *(f"toy/circuits/{op}/{t}.parquet" for op in ("add", "sub", "mul", "div")
+      for t in ("faithfulness", "areas", "agreement")),
+    *(f"figures/toy/circuits/{op}/{m}.png" for op in ("add", "sub", "mul", "div") for m in METHODS),
+    *(f"figures/toy/faithfulness_{op}.{ext}" for op in ("add", "sub", "mul", "div") for ext in ("png", "pdf")),
 ]
 
 
@@ -70,6 +77,25 @@ def test_accuracy_tables_are_sane(results):
     assert steps[steps["step"] == 0]["accuracy"].max() < 0.2  # an untrained model does not do arithmetic
     finetune = pd.read_parquet(results / "models" / "toy-lora" / "finetune.parquet")
     assert set(finetune["stage"]) == {"base", "finetuned"}
+
+
+def test_circuit_tables_are_sane(results):
+    from circuitflow.circuits import Graph
+
+    for op in ("add", "sub", "mul", "div"):
+        curve = pd.read_parquet(results / "toy" / "circuits" / op / "faithfulness.parquet")
+        assert set(curve["method"]) == set(METHODS)
+        full = curve[curve["fraction"] == 1.0]
+        assert full["faithfulness"].tolist() == pytest.approx([1.0] * len(METHODS), abs=1e-4)
+        assert (curve["metric_full"] > curve["metric_empty"]).all()  # logit difference drops when all is patched
+        agreement = pd.read_parquet(results / "toy" / "circuits" / op / "agreement.parquet")
+        assert sorted(agreement["method"]) == sorted(m for m in METHODS if m != "exact")
+        assert agreement["pearson"].between(-1, 1).all()
+        graph = Graph.load(results / "toy" / "graphs" / op / "EAP-IG-inputs.pt")
+        assert graph.meta["operator"] == op and graph.scores.abs().sum() > 0
+        assert not pytest.importorskip("pandas").isna(graph.scores.numpy()).any()
+    assert (~pd.read_parquet(results / "toy-lora" / "accuracy.parquet")["accuracy"].isna()).all()
+    assert not (results / "toy-lora" / "graphs").exists()  # circuits.models limits the analysis to the toy
 
 
 def test_figures_are_pngs(results):

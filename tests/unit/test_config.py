@@ -30,7 +30,7 @@ def _load(**changes):
 def test_default_config_is_valid_and_defaults_are_filled():
     config, specs = _load()
     assert set(specs) == {"toy", "toy-addsub-lora"}
-    assert specs["toy"].checkpoints[-1] == "step3000"
+    assert specs["toy"].checkpoints[-1] == "step6500"
     assert config["prompts"]["few_shot_separator"] == ";"  # filled from the schema
     assert config["device_map"] is None
 
@@ -50,6 +50,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
         ({"models__figures": {"source": "toy"}}, r"models.figures: the name 'figures' is reserved"),
         ({"models__x": {"source": "lora", "base": "toy", "adapter": {"path": "/no/adapter"}}},
          r"models.x.adapter.path: '/no/adapter' does not exist"),
+        ({"circuits__models": ["toy", "pythia"]}, r"circuits.models: unknown model\(s\) \['pythia'\]"),
+        ({"circuits__methods": ["EAP-IG"]}, r"circuits.methods.0: 'EAP-IG' is not one of EAP, EAP-IG-inputs"),
     ],
 )
 def test_config_errors_name_field_and_fix(changes, message):

@@ -53,8 +53,25 @@ def lora_adapter(wildcards):
     return adapter["path"] if "path" in adapter else f"{RES}/models/{wildcards.model}/adapter"
 
 
+CIRCUIT_METHODS = CFG["circuits"]["methods"]
+
+
+def circuit_models():
+    chosen = CFG["circuits"]["models"]
+    return list(chosen) if chosen is not None else names()
+
+
+def circuit_outputs(name):
+    return expand(
+        [f"{RES}/{name}/circuits/{{op}}/faithfulness.parquet", f"{RES}/{name}/circuits/{{op}}/agreement.parquet",
+         f"{RES}/figures/{name}/faithfulness_{{op}}.png"], op=OPS,
+    ) + expand(f"{RES}/figures/{name}/circuits/{{op}}/{{method}}.png", op=OPS, method=CIRCUIT_METHODS)
+
+
 def all_outputs():
     outputs = [f"{RES}/figures/accuracy.png"]
+    for name in circuit_models():
+        outputs += circuit_outputs(name)
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

@@ -1,0 +1,78 @@
+# Circuit discovery (EAP / EAP-IG graphs), faithfulness curves and circuit drawings, per model and operator.
+# One job scores every configured method, so the model is loaded once per (model, operator).
+
+
+rule attribute:
+    input:
+        handle=model_handle,
+        prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+    output:
+        graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
+        json=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.json", method=CIRCUIT_METHODS),
+        agreement=f"{RES}/{{model}}/circuits/{{op}}/agreement.parquet",
+    params:
+        circuits=CFG["circuits"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("circuits", "metrics", "models"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/attribute/{{model}}_{{op}}.log",
+    script:
+        "../scripts/attribute.py"
+
+
+rule faithfulness:
+    input:
+        handle=model_handle,
+        prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+        graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
+    output:
+        curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
+        areas=f"{RES}/{{model}}/circuits/{{op}}/areas.parquet",
+    params:
+        circuits=CFG["circuits"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("circuits", "metrics", "models"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/faithfulness/{{model}}_{{op}}.log",
+    script:
+        "../scripts/faithfulness.py"
+
+
+rule plot_faithfulness:
+    input:
+        curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
+    output:
+        png=report(f"{RES}/figures/{{model}}/faithfulness_{{op}}.png", caption="../report/faithfulness.rst",
+                   category="Circuits"),
+        pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_faithfulness/{{model}}_{{op}}.log",
+    script:
+        "../scripts/plot_faithfulness.py"
+
+
+rule draw_circuits:
+    input:
+        graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
+    output:
+        pngs=[report(p, caption="../report/circuit.rst", category="Circuits") for p in
+              expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)],
+    params:
+        n_edges=CFG["circuits"]["draw_edges"],
+        absolute=CFG["circuits"]["absolute"],
+        methods=CIRCUIT_METHODS,
+        code=code_version("plots", "circuits"),
+    log:
+        f"{RES}/logs/draw_circuits/{{model}}_{{op}}.log",
+    script:
+        "../scripts/draw_circuits.py"
