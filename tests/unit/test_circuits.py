@@ -42,12 +42,14 @@ def test_full_graph_is_clean_run_and_empty_graph_is_corrupt_run(tiny):
     torch.testing.assert_close(logits[3:], corrupt, rtol=0, atol=1e-6)
 
 
-def test_eap_equals_brute_force_first_order(tiny):
+@pytest.mark.parametrize("intervention", ["patching", "mean-positional", "zero"])
+def test_eap_equals_brute_force_first_order(tiny, intervention):
     """EAP's Δ_u·∂L/∂x_v, rebuilt from hook_q/k/v gradients and the norm's VJP, equals the central finite
     difference of L(x_v + εΔ_u) computed by a completely different path (forward edits of the masked run)."""
     bridge, tracer = tiny
     batch = random_pairs(3)
-    eap = attribute(bridge, [batch], logit_diff, "EAP", tracer=tracer, progress=False)
+    means = tracer.means([random_pairs(6, seed=9).clean, random_pairs(6, seed=10).clean], positional=True)
+    eap = attribute(bridge, [batch], logit_diff, "EAP", intervention, means=means, tracer=tracer, progress=False)
     g = tracer.shape
     edges = g.valid.nonzero()
     # HF's GPT-J attention and Llama's RMSNorm compute in float32 even in a float64 model: there a larger step and
@@ -59,7 +61,7 @@ def test_eap_equals_brute_force_first_order(tiny):
     missing[rows, edges[:, 0], edges[:, 1]] = eps
     missing[rows + len(edges), edges[:, 0], edges[:, 1]] = -eps
     clean, _ = tracer.outputs(batch.clean)
-    reference = tracer.reference(batch, "patching")
+    reference = tracer.reference(batch, intervention, means)
     values = metric_values(logit_diff, tracer.run_masked(batch, missing, reference), clean, batch).mean(1)
     finite_diff = (values[: len(edges)] - values[len(edges):]) / (2 * eps)
     expected = eap.scores[edges[:, 0], edges[:, 1]].double()
@@ -227,3 +229,54 @@ def test_integrated_gradients_track_exact_edge_patching_on_the_toy_model(toy_han
         found = agreement(attribute(bridge, batches, logit_diff, method, ig_steps=5, tracer=tracer, progress=False),
                           exact)
         assert found["pearson"] >= 0.8 and found["spearman"] >= 0.7, (method, found)
+
+
+def test_neuron_attribution_equals_brute_force_first_order(tiny):
+    """Per-example Δ_n·∂m/∂a_n at the last position against central differences of m(a_n + εΔ_n), all neurons
+    perturbed at once by stacking one variant per neuron in the batch."""
+    from functools import partial
+
+    from circuitflow.circuits import neuron_attribution, post_activations
+
+    bridge, tracer = tiny
+    batch = random_pairs(2, seed=7)
+    scores = neuron_attribution(bridge, [batch], logit_diff, tracer=tracer, progress=False)  # [2, L, d_mlp]
+    _, _, clean_post = post_activations(tracer, batch.clean)
+    _, _, corrupt_post = post_activations(tracer, batch.corrupt)
+    delta = (corrupt_post - clean_post)[:, -1]  # [b, L, d_mlp] at the last position
+    a = tracer.anatomy
+    n = a.n_layers * a.d_mlp
+    eps = 1e-3 if bridge.arch in ("gptj", "llama_gqa") else 1e-5
+    clean_logits, _ = tracer.outputs(batch.clean)
+    values = []
+    for sign in (1, -1):
+        def bump(layer, tensor, hook, sign=sign):
+            rows = torch.arange(n).repeat_interleave(len(batch))  # variant of each row (neuron index)
+            tensor = tensor.clone()
+            hit = rows // a.d_mlp == layer
+            example = torch.arange(len(batch)).repeat(n)
+            neuron = rows % a.d_mlp
+            tensor[hit, -1, neuron[hit]] += sign * eps * delta[example[hit], layer, neuron[hit]]
+            return tensor
+
+        hooks = [(la.hooks["mlp_post"], partial(bump, layer)) for layer, la in enumerate(a.layers)]
+        with bridge.hooks(fwd_hooks=hooks):
+            logits = bridge(batch.clean.repeat(n, 1))
+        values.append(metric_values(logit_diff, logits, clean_logits, batch))  # [n, b]
+    finite_diff = ((values[0] - values[1]) / (2 * eps)).T.reshape(len(batch), a.n_layers, a.d_mlp)
+    atol = 2e-5 if bridge.arch in ("gptj", "llama_gqa") else 1e-7
+    torch.testing.assert_close(scores.double(), finite_diff, rtol=1e-3, atol=atol)
+
+
+def test_mean_interventions_use_an_intervention_dataset(tiny):
+    from circuitflow.circuits import token_batches
+    from circuitflow.toy import build_tokenizer
+
+    bridge, tracer = tiny
+    tokenizer = build_tokenizer(20)
+    batches = token_batches(tokenizer, ["3+4=", "1+2=", "12-5=", "3+4=5"], 2, length=4)
+    assert [b.shape for b in batches] == [torch.Size([2, 4]), torch.Size([1, 4])]
+    positional = tracer.means(batches, positional=True)
+    assert positional.shape == (4, tracer.shape.n_up, tracer.anatomy.d_model)
+    pooled = tracer.means(batches, positional=False)
+    torch.testing.assert_close(pooled[0], positional.mean(0))

@@ -6,6 +6,7 @@ rule attribute:
     input:
         handle=model_handle,
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+        answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
         json=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.json", method=CIRCUIT_METHODS),
@@ -28,6 +29,7 @@ rule faithfulness:
     input:
         handle=model_handle,
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+        answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
     output:
         curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",

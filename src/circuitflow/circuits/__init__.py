@@ -14,11 +14,15 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
 from circuitflow.circuits.agreement import agreement
 from circuitflow.circuits.anatomy import Anatomy
 from circuitflow.circuits.attribution import METHODS, Method, attribute, exact_edge_scores
-from circuitflow.circuits.data import PairBatch, PairError, pair_batches, split_batches
-from circuitflow.circuits.evaluation import MIB_FRACTIONS, area_scores, evaluate_graph, evaluate_masks, faithfulness_curve
+from circuitflow.circuits.data import PairBatch, PairError, pair_batches, split_batches, token_batches
+from circuitflow.circuits.evaluation import (MIB_FRACTIONS, area_scores, evaluate_graph, evaluate_masks,
+                                             faithfulness_curve)
 from circuitflow.circuits.graph import Graph
+from circuitflow.circuits.neurons import neuron_attribution, post_activations
 from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer
 
-__all__ = ["Anatomy", "agreement", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch",
-           "PairError", "Tracer", "area_scores", "attribute", "evaluate_graph", "evaluate_masks",
-           "exact_edge_scores", "faithfulness_curve", "pair_batches", "split_batches"]
+__all__ = [
+    "Anatomy", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch", "PairError",
+    "Tracer", "agreement", "area_scores", "attribute", "evaluate_graph", "evaluate_masks", "exact_edge_scores",
+    "faithfulness_curve", "neuron_attribution", "pair_batches", "post_activations", "split_batches", "token_batches",
+]

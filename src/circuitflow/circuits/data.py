@@ -64,3 +64,18 @@ def split_batches(batches: list[PairBatch], batch_size: int) -> list[PairBatch]:
             part = slice(start, start + batch_size)
             out.append(PairBatch(batch.clean[part], batch.corrupt[part], batch.labels[part], batch.lengths[part]))
     return out
+
+
+def token_batches(tokenizer, texts: list[str], batch_size: int, length: int | None = None) -> list[Tensor]:
+    """Token batches of ``texts`` grouped by token length (only those of ``length`` tokens when given): the
+    intervention dataset of the mean interventions."""
+    ids = tokenizer(list(texts))["input_ids"]
+    by_length: dict[int, list[list[int]]] = {}
+    for row in ids:
+        if length is None or len(row) == length:
+            by_length.setdefault(len(row), []).append(row)
+    if not by_length:
+        raise PairError(f"no intervention prompt has {length} tokens: the mean-positional means need prompts of the "
+                        "prompt set's length")
+    return [torch.tensor(rows[i : i + batch_size]) for rows in by_length.values()
+            for i in range(0, len(rows), batch_size)]

@@ -208,7 +208,8 @@ class Tracer:
         fwd = [(a.input_hook, partial(set_delta, slice(0, 1), lambda t: t.unsqueeze(2)))]
         for layer, la in enumerate(a.layers):
             h = la.hooks
-            fwd += [(h["attn_norm_in"], partial(keep, f"attn{layer}")), (h["mlp_norm_in"], partial(keep, f"mlp{layer}"))]
+            fwd += [(h["attn_norm_in"], partial(keep, f"attn{layer}")),
+                    (h["mlp_norm_in"], partial(keep, f"mlp{layer}"))]
             fwd += [(h[r], partial(edit_qkv, layer, r, w)) for r, w in (("q", la.W_Q), ("k", la.W_K), ("v", la.W_V))]
             fwd.append((h["z"], partial(set_delta, g.head_up(layer), partial(head_outputs, la.W_O))))
             fwd.append((h["mlp_in"], partial(edit_mlp, layer)))
