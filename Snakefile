@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/circuits.smk"
+include: "workflow/rules/localization.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -90,7 +90,8 @@ def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, d
     config = validate_config(config, schema_path)
     specs = expand_models(config["models"])
     check_prompts(config, specs)
-    unknown = [m for m in config["circuits"]["models"] or [] if m not in specs]
-    if unknown:
-        raise ConfigError(f"circuits.models: unknown model(s) {unknown}; use names from models: {sorted(specs)}")
+    for stage in ("circuits", "localization"):
+        unknown = [m for m in config[stage]["models"] or [] if m not in specs]
+        if unknown:
+            raise ConfigError(f"{stage}.models: unknown model(s) {unknown}; use names from models: {sorted(specs)}")
     return config, specs

@@ -54,3 +54,14 @@ def write_json(obj: object, path: Path | str) -> None:
     """Write ``obj`` as indented, key-sorted JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def cached_frame(path: Path | str, compute) -> pd.DataFrame:
+    """A finished unit of a long sweep: read ``path`` if an earlier (maybe interrupted) run wrote it, else call
+    ``compute()``, write its frame atomically and return it. Lets a rerun resume where the last one stopped."""
+    path = Path(path)
+    if path.exists():
+        return pd.read_parquet(path)
+    frame = compute()
+    write_parquet(frame, path)
+    return frame

@@ -92,3 +92,111 @@ def circuit_drawing(graph, title: str):
     ax.set(title=title, xlim=(-0.8, graph.n_heads - 0.2), ylim=(-0.8, 2 * graph.n_layers + 1.8))
     ax.axis("off")
     return fig
+
+
+def ie_heatmaps(table: pd.DataFrame, title: str, value: str = "ie_median"):
+    """IE map: one panel per prompt position, layers × (heads, MLP), mean over seeds of ``value`` (by default the
+    median IE over prompts: the mean IE explodes when a patch flips a confident answer)."""
+    import numpy as np
+
+    positions = ["op1", "operator", "op2", "last"]
+    n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
+    fig, axes = plt.subplots(1, 4, figsize=(2.2 + 1.0 * 4 * (n_heads + 1) * 0.45, 1.2 + 0.35 * n_layers + 1),
+                             sharey=True, squeeze=False)
+    means = table.groupby(["layer", "component", "head", "position"])[value].mean().reset_index()
+    limit = float(np.nanmax(np.abs(means[value]))) or 1.0
+    for ax, position in zip(axes[0], positions):
+        grid = np.full((n_layers, n_heads + 1), np.nan)
+        for row in means[means["position"] == position].itertuples():
+            grid[row.layer, n_heads if row.component == "mlp" else row.head] = getattr(row, value)
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
+        ax.set_xticks(range(n_heads + 1), [str(h) for h in range(n_heads)] + ["MLP"], fontsize=6)
+        ax.set(title=position, xlabel="head")
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes[0].tolist(), label=value.replace("_", " "))
+    fig.suptitle(title)
+    return fig
+
+
+def neuron_panels(table: pd.DataFrame, title: str):
+    """Left: exact per-neuron IE against the attribution score on the last exactly patched layer (Spearman in the
+    title: IE is unbounded, so a few flipped prompts dominate Pearson); right: each layer's importance scores sorted
+    in decreasing order."""
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    exact = table.dropna(subset=["exact_ie"])
+    if len(exact):
+        layer = int(exact["layer"].max())
+        rows = exact[exact["layer"] == layer]
+        rho = rows["attribution_mean"].rank().corr(rows["exact_ie"].rank())  # Spearman
+        left.scatter(rows["attribution_mean"], rows["exact_ie"], s=6, alpha=0.6)
+        left.set(title=f"layer {layer}: exact vs attribution (Spearman {rho:.3f})", xlabel="attribution (mean IE)",
+                 ylabel="exact patching IE (mean)", xscale="symlog", yscale="symlog")
+    else:
+        left.text(0.5, 0.5, "no layer patched exactly\n(localization.exact_neuron_layers)", ha="center",
+                  va="center", transform=left.transAxes)
+        left.set_axis_off()
+    for layer, rows in table.groupby("layer"):
+        right.plot(np.sort(rows["importance"].to_numpy())[::-1], label=f"layer {layer}")
+    right.set(title="neuron importance (mean + std), sorted", xlabel="rank", ylabel="importance", xscale="symlog")
+    right.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def probe_curves(table: pd.DataFrame, title: str):
+    """Probe test accuracy against layer, one line per prompt position."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for position, rows in table.groupby("position", sort=False):
+        ax.plot(rows["layer"], rows["accuracy"], marker="o", ms=3, label=position)
+    ax.set(title=title, xlabel="residual stream entering layer (last = final norm)", ylabel="probe test accuracy",
+           ylim=(-0.02, 1.02))
+    ax.legend(title="position")
+    return fig
+
+
+def paper_faithfulness(table: pd.DataFrame, title: str, value: str = "faithfulness_median"):
+    """Faithfulness of the paper's circuits against neurons kept per layer, one line per operator (dashed: random
+    neurons, mean over seeds). The median over prompts of the per-prompt F by default: its mean is dominated by the
+    few prompts whose full and empty normalized logits nearly coincide."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for i, (op, rows) in enumerate(table.groupby("operator", sort=False)):
+        color = f"C{i}"
+        top = rows[rows["circuit"] == "top"].sort_values("k")
+        ax.plot(top["k"], top[value], marker="o", ms=3, color=color, label=OP_LABELS.get(op, op))
+        rand = rows[rows["circuit"] == "random"].groupby("k")[value].mean()
+        if len(rand):
+            ax.plot(rand.index, rand.to_numpy(), ls="--", color=color, alpha=0.6)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set(title=title, xlabel="neurons kept per layer from the heuristics layer on",
+           ylabel=f"{value.replace('_', ' ')} (NL, mean ablation)")
+    ax.legend(title="operator (dashed: random)", fontsize="small")
+    return fig
+
+
+def attention_panels(grid: pd.DataFrame, ov: pd.DataFrame, title: str):
+    """Per head: attention from the last position to op1, operator and op2 over the operand grid, and the OV
+    transition matrix between number tokens."""
+    import numpy as np
+
+    heads = grid[["layer", "head"]].drop_duplicates().values.tolist()
+    fig, axes = plt.subplots(max(1, len(heads)), 4, figsize=(13, 3.1 * max(1, len(heads))), squeeze=False)
+    for row, (layer, head) in zip(axes, heads):
+        rows = grid[(grid["layer"] == layer) & (grid["head"] == head)]
+        for ax, target in zip(row[:3], ("op1", "operator", "op2")):
+            part = rows[rows["target"] == target].pivot(index="op1", columns="op2", values="attention")
+            image = ax.imshow(part.to_numpy(), vmin=0, vmax=1, origin="lower", cmap="viridis")
+            ax.set(title=f"L{layer}H{head} → {target}", xlabel="op2", ylabel="op1")
+        fig.colorbar(image, ax=row[2], fraction=0.046)
+        matrix = ov[(ov["layer"] == layer) & (ov["head"] == head)].pivot(index="input_number", columns="output_number",
+                                                                         values="value")
+        limit = float(np.abs(matrix.to_numpy()).max()) or 1.0
+        image = row[3].imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
+        row[3].set(title=f"L{layer}H{head} OV: W_Uᵀ W_V W_O W_U", xlabel="output number", ylabel="input number")
+        fig.colorbar(image, ax=row[3], fraction=0.046)
+    if not heads:
+        axes[0][0].text(0.5, 0.5, "no heads chosen (localization.attention_heads = 0)", ha="center")
+    fig.suptitle(title)
+    return fig

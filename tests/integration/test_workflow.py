@@ -45,6 +45,12 @@ EXPECTED = [
       for t in ("faithfulness", "areas", "agreement")),
     *(f"figures/toy/circuits/{op}/{m}.png" for op in ("add", "sub", "mul", "div") for m in METHODS),
     *(f"figures/toy/faithfulness_{op}.{ext}" for op in ("add", "sub", "mul", "div") for ext in ("png", "pdf")),
+    *(f"toy/{t}/{op}.parquet" for op in ("add", "sub", "mul", "div")
+      for t in ("ie_maps", "neurons", "probes", "paper_circuits", "attention")),
+    *(f"toy/attention/{op}_ov.parquet" for op in ("add", "sub", "mul", "div")),
+    *(f"figures/toy/{f}_{op}.png" for op in ("add", "sub", "mul", "div")
+      for f in ("ie_map", "neurons", "probes", "attention")),
+    "figures/toy/paper_faithfulness.png", "figures/toy/paper_faithfulness.pdf",
 ]
 
 
@@ -96,6 +102,25 @@ def test_circuit_tables_are_sane(results):
         assert not pytest.importorskip("pandas").isna(graph.scores.numpy()).any()
     assert (~pd.read_parquet(results / "toy-lora" / "accuracy.parquet")["accuracy"].isna()).all()
     assert not (results / "toy-lora" / "graphs").exists()  # circuits.models limits the analysis to the toy
+
+
+def test_localization_tables_are_sane(results):
+    for op in ("add", "sub", "mul", "div"):
+        ie_map = pd.read_parquet(results / "toy" / "ie_maps" / f"{op}.parquet")
+        assert len(ie_map) == 2 * 2 * 5 * 4 and set(ie_map["seed"]) == {0, 1}  # seeds × layers × (heads+MLP) × pos
+        assert ie_map["ie"].notna().all()
+        neurons = pd.read_parquet(results / "toy" / "neurons" / f"{op}.parquet")
+        assert len(neurons) == 2 * 256 and neurons["exact_ie"].notna().sum() == 256  # layer 1 patched exactly
+        assert (neurons["importance"] >= neurons["attribution_mean"]).all()
+        probes = pd.read_parquet(results / "toy" / "probes" / f"{op}.parquet")
+        assert probes["accuracy"].between(0, 1).all() and set(probes["layer"]) == {0, 1, 2}
+        circuits = pd.read_parquet(results / "toy" / "paper_circuits" / f"{op}.parquet").set_index("circuit")
+        assert circuits.loc["full", "faithfulness"] == pytest.approx(1.0)
+        assert circuits.loc["empty", "faithfulness"] == pytest.approx(0.0, abs=1e-9)
+        assert sorted(circuits.loc["top", "k"]) == [1, 4, 16, 256]
+        attention = pd.read_parquet(results / "toy" / "attention" / f"{op}.parquet")
+        assert attention["attention"].between(0, 1).all()
+        assert len(attention[["layer", "head"]].drop_duplicates()) == 2
 
 
 def test_figures_are_pngs(results):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 import pytest
 import torch
 
@@ -280,3 +282,16 @@ def test_mean_interventions_use_an_intervention_dataset(tiny):
     assert positional.shape == (4, tracer.shape.n_up, tracer.anatomy.d_model)
     pooled = tracer.means(batches, positional=False)
     torch.testing.assert_close(pooled[0], positional.mean(0))
+
+
+def test_prompt_pairs_refuse_a_tokenizer_that_adds_tokens(toy_handle):
+    """The bridge's tokenizer prepends BOS; prompt sets were chosen with the model's own tokenizer."""
+    from circuitflow.circuits import PairError, pair_batches
+    from circuitflow.models import load_tokenizer
+
+    tokenizer = load_tokenizer(toy_handle)
+    prompts = pd.DataFrame(dict(prompt=["3+4=", "10-2="], corrupt_prompt=["1+1=", "9-6="], answer_token=[11, 12],
+                                corrupt_answer_token=[6, 7], prompt_len=[4, 4]))
+    assert [len(b) for b in pair_batches(prompts, tokenizer, 8)] == [2]
+    with pytest.raises(PairError, match="BOS"):
+        pair_batches(prompts, load_bridge(toy_handle, device="cpu").tokenizer, 8)

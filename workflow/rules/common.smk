@@ -56,9 +56,19 @@ def lora_adapter(wildcards):
 CIRCUIT_METHODS = CFG["circuits"]["methods"]
 
 
-def circuit_models():
-    chosen = CFG["circuits"]["models"]
+def stage_models(stage):
+    chosen = CFG[stage]["models"]
     return list(chosen) if chosen is not None else names()
+
+
+LOCALIZATION_TABLES = ("ie_maps", "neurons", "probes", "paper_circuits", "attention")
+LOCALIZATION_FIGURES = ("ie_map", "neurons", "probes", "attention")
+
+
+def localization_outputs(name):
+    return expand(f"{RES}/{name}/{{table}}/{{op}}.parquet", table=LOCALIZATION_TABLES, op=OPS) + expand(
+        f"{RES}/figures/{name}/{{figure}}_{{op}}.png", figure=LOCALIZATION_FIGURES, op=OPS
+    ) + [f"{RES}/figures/{name}/paper_faithfulness.png"]
 
 
 def circuit_outputs(name):
@@ -70,8 +80,10 @@ def circuit_outputs(name):
 
 def all_outputs():
     outputs = [f"{RES}/figures/accuracy.png"]
-    for name in circuit_models():
+    for name in stage_models("circuits"):
         outputs += circuit_outputs(name)
+    for name in stage_models("localization"):
+        outputs += localization_outputs(name)
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

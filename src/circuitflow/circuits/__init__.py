@@ -6,7 +6,7 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
     from circuitflow.circuits import Tracer, attribute, faithfulness_curve, pair_batches
     from circuitflow.metrics import logit_diff
     tracer = Tracer(bridge)
-    batches = pair_batches(prompts, bridge.tokenizer, batch_size=64)
+    batches = pair_batches(prompts, load_tokenizer(handle), batch_size=64)   # the model's own tokenizer
     graph = attribute(bridge, batches, logit_diff, method="EAP-IG-inputs", ig_steps=5, tracer=tracer)
     curve = faithfulness_curve(bridge, graph, batches, logit_diff, tracer=tracer)
 """

@@ -59,7 +59,8 @@ class Anatomy:
         for index, block in enumerate(bridge.blocks):
             has_ln2 = hasattr(block, "ln2")
             p = f"blocks.{index}"
-            hooks = dict(attn_norm_in=f"{p}.ln1.hook_in", mlp_norm_in=f"{p}.{'ln2' if has_ln2 else 'ln1'}.hook_in",
+            hooks = dict(resid_in=f"{p}.hook_in", attn_norm_in=f"{p}.ln1.hook_in",
+                         mlp_norm_in=f"{p}.{'ln2' if has_ln2 else 'ln1'}.hook_in", pattern=f"{p}.attn.hook_pattern",
                          q=f"{p}.attn.hook_q", k=f"{p}.attn.hook_k", v=f"{p}.attn.hook_v", z=f"{p}.attn.hook_z",
                          attn_out=f"{p}.hook_attn_out", mlp_in=f"{p}.mlp.hook_in", mlp_out=f"{p}.hook_mlp_out",
                          mlp_post=f"{p}.mlp.hook_post")

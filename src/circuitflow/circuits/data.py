@@ -44,6 +44,9 @@ def pair_batches(prompts: pd.DataFrame, tokenizer, batch_size: int) -> list[Pair
         raise PairError(f"prompt {prompts['prompt'].iloc[i]!r} and its counterfactual "
                         f"{prompts['corrupt_prompt'].iloc[i]!r} have different token lengths; patching needs "
                         "equal lengths (rebuild the prompt set)")
+    if "prompt_len" in prompts and [len(t) for t in clean] != prompts["prompt_len"].tolist():
+        raise PairError("the tokenizer splits the prompts differently from the prompts stage (a BOS token added?): "
+                        "pass the model's own tokenizer (circuitflow.models.load_tokenizer), not bridge.tokenizer")
     labels = prompts[["answer_token", "corrupt_answer_token"]].to_numpy(dtype=np.int64)
     lengths = np.array([len(t) for t in clean])
     batches = []

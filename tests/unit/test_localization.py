@@ -1,0 +1,150 @@
+"""The paper's localization against naive computations: activation patching, neuron patching, mean-ablation
+faithfulness, probes and attention analysis."""
+
+from __future__ import annotations
+
+
+import pandas as pd
+import pytest
+import torch
+
+from circuitflow.circuits import PairBatch, Tracer
+from circuitflow.circuits.tracing import metric_values
+from circuitflow.localization.patching import component_sites, neuron_sites, patch_sites, site_activations
+from circuitflow.metrics import ie
+from circuitflow.models import ModelHandle, load_bridge
+from tests.conftest import save_tiny_model
+from tests.unit.test_circuits import random_pairs
+
+
+@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
+def tracer(request, tmp_path_factory):
+    path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
+    return Tracer(load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64"))
+
+
+def naive_patch(tracer: Tracer, batch: PairBatch, layer: int, kind: int, unit: int, pos: int) -> torch.Tensor:
+    """One site, one forward, written independently of patch_sites: the per-example IE."""
+    _, z_c, post_c = site_activations(tracer, batch.corrupt)
+    la = tracer.anatomy.layers[layer]
+
+    def hook(tensor, hook):
+        tensor = tensor.clone()
+        if kind == 0:
+            tensor[:, pos, unit] = z_c[layer][:, pos, unit]
+        elif kind == 1:
+            tensor[:, pos] = post_c[layer][:, pos]
+        else:
+            tensor[:, pos, unit] = post_c[layer][:, pos, unit]
+        return tensor
+
+    clean = tracer.bridge(batch.clean)
+    with tracer.bridge.hooks(fwd_hooks=[(la.hooks["z"] if kind == 0 else la.hooks["mlp_post"], hook)]):
+        patched = tracer.bridge(batch.clean)
+    return metric_values(ie, patched, clean, batch)[0]
+
+
+def test_patching_a_component_with_its_own_activation_has_zero_effect(tracer):
+    batch = random_pairs(3)
+    same = PairBatch(batch.clean, batch.clean, batch.labels, batch.lengths)
+    sites = component_sites(tracer.anatomy.n_layers, tracer.anatomy.n_heads, [1, 2, 3, 4])
+    values = patch_sites(tracer, same, sites["layer"], sites["unit"], sites["pos"], sites["kind"], {"ie": ie})
+    assert values["ie"].abs().max() < 1e-12
+
+
+def test_patching_everything_from_the_corrupt_run_gives_the_corrupt_prediction(tracer):
+    batch = random_pairs(3, seed=1)
+    corrupt_logits, z_c, post_c = site_activations(tracer, batch.corrupt)
+    _, corrupt_in = tracer.outputs(batch.corrupt)
+    hooks = [(tracer.anatomy.input_hook, lambda t, hook: corrupt_in[:, :, 0])]
+    for i, la in enumerate(tracer.anatomy.layers):
+        hooks += [(la.hooks["z"], lambda t, hook, i=i: z_c[i]), (la.hooks["mlp_post"], lambda t, hook, i=i: post_c[i])]
+    with tracer.bridge.hooks(fwd_hooks=hooks):
+        logits = tracer.bridge(batch.clean)
+    torch.testing.assert_close(logits, corrupt_logits, rtol=0, atol=1e-6)
+
+
+def test_batched_component_patching_equals_one_at_a_time(tracer):
+    batch = random_pairs(2, seed=2)
+    sites = component_sites(tracer.anatomy.n_layers, tracer.anatomy.n_heads, [1, 4])
+    batched = patch_sites(tracer, batch, sites["layer"], sites["unit"], sites["pos"], sites["kind"], {"ie": ie},
+                          max_rows=7)["ie"]
+    for s in range(len(sites["layer"])):
+        one = naive_patch(tracer, batch, *(int(sites[k][s]) for k in ("layer", "kind", "unit", "pos")))
+        torch.testing.assert_close(batched[s].double(), one.float().double(), rtol=1e-5, atol=1e-7)
+
+
+def test_vectorized_neuron_patching_equals_the_naive_loop(tracer):
+    from circuitflow.localization.neuron_scores import exact_neuron_effects
+
+    batch = random_pairs(2, seed=3)
+    effects = exact_neuron_effects(tracer, [batch], layer=1, max_rows=50)  # [N, d_mlp]
+    for neuron in (0, 5, tracer.anatomy.d_mlp - 1):
+        one = naive_patch(tracer, batch, 1, 2, neuron, batch.clean.shape[1] - 1)
+        torch.testing.assert_close(effects[:, neuron].double(), one.float().double(), rtol=1e-5, atol=1e-7)
+    assert neuron_sites(1, torch.arange(3), 4)["kind"].tolist() == [2, 2, 2]
+
+
+def test_mean_ablation_faithfulness_is_one_for_the_full_model_and_zero_for_the_empty_circuit(tracer):
+    from circuitflow.localization.mean_ablation import faithfulness_table, paper_circuits, site_means
+
+    a = tracer.anatomy
+    batches = [random_pairs(4, seed=4)]
+    z_mean, post_mean = site_means(tracer, [random_pairs(8, seed=5).clean, random_pairs(8, seed=6).clean])
+    rank = torch.stack([torch.randperm(a.d_mlp, generator=torch.Generator().manual_seed(0)) for _ in range(a.n_layers)])
+    heads, neurons, labels = paper_circuits(a.n_layers, a.n_heads, a.d_mlp, [(0, 1), (1, 2)], 1, rank,
+                                            [4, a.d_mlp], [0])
+    table = faithfulness_table(tracer, batches, z_mean, post_mean, heads, neurons, labels, chunk=3)
+    for column in ("faithfulness", "faithfulness_median", "faithfulness_of_means"):
+        by = table.set_index(["circuit", "k", "seed"])[column]
+        assert by[("full", a.d_mlp, -1)] == pytest.approx(1.0)
+        assert by[("empty", 0, -1)] == pytest.approx(0.0)
+    # top-k with k = d_mlp keeps every neuron: only the heads outside the circuit are ablated
+    assert neurons[labels.index(dict(circuit="top", k=a.d_mlp, seed=-1))].all()
+    assert not heads[labels.index(dict(circuit="top", k=4, seed=-1))][0, 0]
+
+
+def test_probe_finds_a_planted_linear_feature_and_not_noise():
+    from circuitflow.localization.probing import heuristics_layer, probe_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (400,), generator=gen)
+    directions = torch.randn(5, 16, generator=gen)
+    planted = torch.randn(400, 16, generator=gen) * 0.3 + directions[labels]
+    noise = torch.randn(400, 16, generator=gen)
+    assert probe_accuracy(planted, labels, seed=0) > 0.95
+    assert probe_accuracy(noise, labels, seed=0) < 0.45
+    table = pd.DataFrame(dict(layer=[0, 1, 2, 3], position="last", accuracy=[0.1, 0.3, 0.9, 1.0]))
+    assert heuristics_layer(table, threshold=0.8) == 1
+
+
+def test_attention_grid_rows_sum_to_at_most_one_and_ov_matrix_shape(toy_handle):
+    from circuitflow.localization.attention import attention_grid, ov_transition
+    from circuitflow.models import load_tokenizer
+
+    bridge = load_bridge(toy_handle, device="cpu")
+    tracer = Tracer(bridge)
+    table = attention_grid(tracer, load_tokenizer(toy_handle), "add", 5, [(1, 0), (0, 2)])
+    assert len(table) == 2 * 3 * 36
+    totals = table.groupby(["layer", "head", "op1", "op2"])["attention"].sum()
+    assert ((totals > 0) & (totals <= 1 + 1e-6)).all()
+    ov = ov_transition(tracer, 1, 0, list(range(4, 10)))
+    assert ov.shape == (6, 6) and torch.isfinite(ov).all()
+
+
+def test_ie_map_table_on_the_toy_model(toy_handle):
+    from circuitflow.localization.ie_maps import ie_map, top_heads
+    from circuitflow.models import load_tokenizer
+    from circuitflow.prompts import PromptConfig, build_prompt_set
+    from circuitflow.models import load_hf_model
+
+    tok, hf = load_tokenizer(toy_handle), load_hf_model(toy_handle, "cpu")
+    cfg = PromptConfig(operand_max=12, k=4)
+    prompts, answers = build_prompt_set(hf, tok, "add", cfg, 12)
+    pool = answers[answers["correct"]]
+    tracer = Tracer(load_bridge(toy_handle, device="cpu"))
+    table = ie_map(tracer, tok, prompts, pool, seeds=[0, 1], progress=False)
+    assert len(table) == 2 * 2 * 5 * 4  # seeds × layers × (4 heads + MLP) × positions
+    assert set(table["position"]) == {"op1", "operator", "op2", "last"}
+    assert table["ie"].notna().all() and (table["n_prompts"] == 4).all()
+    assert len(top_heads(table, 3)) == 3

@@ -1,0 +1,150 @@
+# The arithmetic paper's localization per model and operator: IE maps, neuron scores, probes, the paper's
+# mean-ablation circuits and the attention analysis of the top heads; figures are drawn from the tables.
+
+
+rule ie_maps:
+    input:
+        handle=model_handle,
+        prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+        answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
+    output:
+        table=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
+    params:
+        loc=CFG["localization"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        partial=lambda w: f"{RES}/{w.model}/.partial/ie_maps_{w.op}",
+        code=code_version("localization", "circuits", "metrics", "models", "prompts"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/ie_maps/{{model}}_{{op}}.log",
+    script:
+        "../scripts/ie_maps.py"
+
+
+rule neuron_scores:
+    input:
+        handle=model_handle,
+        prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+    output:
+        table=f"{RES}/{{model}}/neurons/{{op}}.parquet",
+    params:
+        loc=CFG["localization"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("localization", "circuits", "metrics", "models"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/neuron_scores/{{model}}_{{op}}.log",
+    script:
+        "../scripts/neuron_scores.py"
+
+
+rule probes:
+    input:
+        handle=model_handle,
+        answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
+    output:
+        table=f"{RES}/{{model}}/probes/{{op}}.parquet",
+    params:
+        seed=CFG["seed"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("localization", "circuits", "models"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/probes/{{model}}_{{op}}.log",
+    script:
+        "../scripts/probes.py"
+
+
+rule paper_circuits:
+    input:
+        handle=model_handle,
+        prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
+        ie_maps=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
+        neurons=f"{RES}/{{model}}/neurons/{{op}}.parquet",
+        probes=f"{RES}/{{model}}/probes/{{op}}.parquet",
+    output:
+        table=f"{RES}/{{model}}/paper_circuits/{{op}}.parquet",
+    params:
+        loc=CFG["localization"],
+        prompts=CFG["prompts"],
+        operators=OPS,
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("localization", "circuits", "metrics", "models", "prompts", "arithmetic"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/paper_circuits/{{model}}_{{op}}.log",
+    script:
+        "../scripts/paper_circuits.py"
+
+
+rule attention:
+    input:
+        handle=model_handle,
+        ie_maps=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
+    output:
+        table=f"{RES}/{{model}}/attention/{{op}}.parquet",
+        ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
+    params:
+        loc=CFG["localization"],
+        operand_max=CFG["prompts"]["operand_max"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("localization", "circuits", "models", "arithmetic"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/attention/{{model}}_{{op}}.log",
+    script:
+        "../scripts/attention.py"
+
+
+rule plot_localization:
+    input:
+        ie_maps=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
+        neurons=f"{RES}/{{model}}/neurons/{{op}}.parquet",
+        probes=f"{RES}/{{model}}/probes/{{op}}.parquet",
+        attention=f"{RES}/{{model}}/attention/{{op}}.parquet",
+        ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
+    output:
+        ie_map=report(f"{RES}/figures/{{model}}/ie_map_{{op}}.png", caption="../report/ie_map.rst",
+                      category="Localization"),
+        neurons=report(f"{RES}/figures/{{model}}/neurons_{{op}}.png", caption="../report/neurons.rst",
+                       category="Localization"),
+        probes=report(f"{RES}/figures/{{model}}/probes_{{op}}.png", caption="../report/probes.rst",
+                      category="Localization"),
+        attention=report(f"{RES}/figures/{{model}}/attention_{{op}}.png", caption="../report/attention.rst",
+                         category="Localization"),
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_localization/{{model}}_{{op}}.log",
+    script:
+        "../scripts/plot_localization.py"
+
+
+rule plot_paper_faithfulness:
+    input:
+        tables=expand(f"{RES}/{{{{model}}}}/paper_circuits/{{op}}.parquet", op=OPS),
+    output:
+        png=report(f"{RES}/figures/{{model}}/paper_faithfulness.png", caption="../report/paper_faithfulness.rst",
+                   category="Localization"),
+        pdf=f"{RES}/figures/{{model}}/paper_faithfulness.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_paper_faithfulness/{{model}}.log",
+    script:
+        "../scripts/plot_paper_faithfulness.py"
