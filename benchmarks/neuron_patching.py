@@ -1,8 +1,8 @@
 """Exact per-neuron patching of one full MLP layer: the original code's loop (one forward per neuron) vs ours
 (many neurons per forward, stacked in the batch), and IE maps (all heads and MLPs × 4 positions) vs the floor.
 
-    python benchmarks/neuron_patching.py --shape small --device cpu
-    python benchmarks/neuron_patching.py --shape pythia-1.4b --device cuda      # the issue's GPU run (8192 neurons)
+    python -m benchmarks.neuron_patching --shape small --device cpu
+    python -m benchmarks.neuron_patching --shape pythia-1.4b --device cuda      # the issue's GPU run (8192 neurons)
 
 Random model of the given shape (no download), 50 prompt pairs of 5 tokens.
 """

@@ -101,19 +101,26 @@ def ie_heatmaps(table: pd.DataFrame, title: str, value: str = "ie_median"):
 
     positions = ["op1", "operator", "op2", "last"]
     n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
-    fig, axes = plt.subplots(1, 4, figsize=(2.2 + 1.0 * 4 * (n_heads + 1) * 0.45, 1.2 + 0.35 * n_layers + 1),
-                             sharey=True, squeeze=False)
+    from matplotlib.colors import SymLogNorm
+
+    fig, axes = plt.subplots(1, 4, figsize=(2.2 + 1.0 * 4 * (n_heads + 1) * 0.45, 1.5 + 0.35 * n_layers + 1),
+                             sharey=True, squeeze=False, layout="constrained")
     means = table.groupby(["layer", "component", "head", "position"])[value].mean().reset_index()
     limit = float(np.nanmax(np.abs(means[value]))) or 1.0
+    # IE spans many orders of magnitude (it divides by P*(r)): a symmetric log scale shows them all
+    norm = SymLogNorm(linthresh=min(1e-2, limit), vmin=-limit, vmax=limit)
     for ax, position in zip(axes[0], positions):
         grid = np.full((n_layers, n_heads + 1), np.nan)
         for row in means[means["position"] == position].itertuples():
             grid[row.layer, n_heads if row.component == "mlp" else row.head] = getattr(row, value)
-        image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
+        image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         ax.set_xticks(range(n_heads + 1), [str(h) for h in range(n_heads)] + ["MLP"], fontsize=6)
+        ax.set_yticks(range(n_layers))
         ax.set(title=position, xlabel="head")
     axes[0][0].set_ylabel("layer")
-    fig.colorbar(image, ax=axes[0].tolist(), label=value.replace("_", " "))
+    exponents = np.arange(np.floor(np.log10(norm.linthresh)), np.ceil(np.log10(limit)) + 1, 3)
+    ticks = sorted({0.0, *(10.0 ** exponents), *(-(10.0 ** exponents))})
+    fig.colorbar(image, ax=axes[0].tolist(), label=value.replace("_", " "), ticks=ticks)
     fig.suptitle(title)
     return fig
 
@@ -182,20 +189,21 @@ def attention_panels(grid: pd.DataFrame, ov: pd.DataFrame, title: str):
     import numpy as np
 
     heads = grid[["layer", "head"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(max(1, len(heads)), 4, figsize=(13, 3.1 * max(1, len(heads))), squeeze=False)
+    fig, axes = plt.subplots(max(1, len(heads)), 4, figsize=(14, 3.3 * max(1, len(heads))), squeeze=False,
+                             layout="constrained")
     for row, (layer, head) in zip(axes, heads):
         rows = grid[(grid["layer"] == layer) & (grid["head"] == head)]
         for ax, target in zip(row[:3], ("op1", "operator", "op2")):
             part = rows[rows["target"] == target].pivot(index="op1", columns="op2", values="attention")
             image = ax.imshow(part.to_numpy(), vmin=0, vmax=1, origin="lower", cmap="viridis")
             ax.set(title=f"L{layer}H{head} → {target}", xlabel="op2", ylabel="op1")
-        fig.colorbar(image, ax=row[2], fraction=0.046)
+        fig.colorbar(image, ax=row[2], fraction=0.046, label="attention")
         matrix = ov[(ov["layer"] == layer) & (ov["head"] == head)].pivot(index="input_number", columns="output_number",
                                                                          values="value")
         limit = float(np.abs(matrix.to_numpy()).max()) or 1.0
         image = row[3].imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
-        row[3].set(title=f"L{layer}H{head} OV: W_Uᵀ W_V W_O W_U", xlabel="output number", ylabel="input number")
-        fig.colorbar(image, ax=row[3], fraction=0.046)
+        row[3].set(title=f"L{layer}H{head} OV circuit", xlabel="output number", ylabel="input number")
+        fig.colorbar(image, ax=row[3], fraction=0.046, label="logit contribution")
     if not heads:
         axes[0][0].text(0.5, 0.5, "no heads chosen (localization.attention_heads = 0)", ha="center")
     fig.suptitle(title)

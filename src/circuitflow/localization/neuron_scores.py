@@ -12,20 +12,16 @@ import torch
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.neurons import neuron_attribution
 from circuitflow.circuits.tracing import Tracer
-from circuitflow.localization.patching import neuron_sites, patch_sites
+from circuitflow.localization.patching import last_position_neuron_patching
 from circuitflow.metrics import ie
 
 
 def exact_neuron_effects(tracer: Tracer, batches: Sequence[PairBatch], layer: int,
                          max_rows: int = 8192) -> torch.Tensor:
-    """``[N, d_mlp]``: the IE of patching each neuron of ``layer`` alone at the last position."""
-    out = []
-    for batch in batches:
-        sites = neuron_sites(layer, torch.arange(tracer.anatomy.d_mlp), batch.clean.shape[1] - 1)
-        values = patch_sites(tracer, batch, sites["layer"], sites["unit"], sites["pos"], sites["kind"], {"ie": ie},
-                             max_rows)["ie"]
-        out.append(values.T)
-    return torch.cat(out)
+    """``[N, d_mlp]``: the IE of patching each neuron of ``layer`` alone at the last position (many neurons per
+    forward pass, each computing only the last token on the clean prefix's key/value cache)."""
+    neurons = torch.arange(tracer.anatomy.d_mlp)
+    return torch.cat([last_position_neuron_patching(tracer, batch, layer, neurons, ie, max_rows) for batch in batches])
 
 
 def neuron_table(tracer: Tracer, batches: Sequence[PairBatch], exact_layers: Sequence[int] = (),

@@ -102,3 +102,39 @@ def neuron_sites(layer: int, neurons: Tensor, position: int) -> dict[str, Tensor
     n = len(neurons)
     return dict(layer=torch.full((n,), layer), unit=neurons.long(), pos=torch.full((n,), position),
                 kind=torch.full((n,), 2))
+
+
+@torch.no_grad()
+def last_position_neuron_patching(tracer: Tracer, batch: PairBatch, layer: int, neurons: Tensor, metric: Metric,
+                                  max_rows: int = 8192) -> Tensor:
+    """``[b, n]``: ``metric`` after patching each neuron of ``layer`` alone at the last position, from the corrupt
+    prompt. A patch at the last position cannot change earlier positions (causal attention), so the clean prefix is
+    run once and its key/value cache reused: each variant computes one token, and logits only there."""
+    import copy
+
+    b = len(batch)
+    batch = batch.to(tracer.device)
+    clean_logits = tracer.bridge(batch.clean)[:, -1:]
+    _, _, post_corrupt = site_activations(tracer, batch.corrupt)
+    target = post_corrupt[layer][:, -1]  # [b, d_mlp]
+    prefix = tracer.bridge.original_model(batch.clean[:, :-1], use_cache=True).past_key_values
+    ones = torch.ones(b, dtype=torch.long, device=tracer.device)
+    chunk = max(1, max_rows // b)
+    out = []
+    for start in range(0, len(neurons), chunk):
+        part = neurons[start : start + chunk].to(tracer.device)
+        n = len(part)
+        r_ex = torch.arange(b, device=tracer.device).repeat_interleave(n)  # example-major, as the cache repeats
+        r_unit = part.repeat(b)
+
+        def patch(tensor, hook):
+            tensor[torch.arange(len(r_ex), device=tensor.device), 0, r_unit] = target[r_ex, r_unit]
+            return tensor
+
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(n)
+        with tracer.bridge.hooks(fwd_hooks=[(tracer.anatomy.layers[layer].hooks["mlp_post"], patch)]):
+            logits = tracer.bridge(batch.clean[:, -1:].repeat_interleave(n, 0), past_key_values=cache)
+        rep = lambda t: t.repeat_interleave(n, 0)  # noqa: E731
+        out.append(metric(logits, rep(clean_logits), rep(ones), rep(batch.labels)).float().view(b, n).cpu())
+    return torch.cat(out, dim=1)
