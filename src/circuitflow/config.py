@@ -59,11 +59,33 @@ def validate_config(config: dict, schema_path: Path | str) -> dict:
     return config
 
 
-def toy_vocabulary_max(spec: ModelSpec) -> int:
-    """The largest single-token number of a toy model (its recipe's ``max_number``)."""
+def toy_recipe(spec: ModelSpec):
+    """The :class:`~circuitflow.recipes.ToyRecipe` of a toy model entry."""
     from circuitflow.recipes import ToyRecipe, recipe_from_dict
 
-    return recipe_from_dict(ToyRecipe, spec.recipe, f"models.{spec.name}.recipe").max_number
+    return recipe_from_dict(ToyRecipe, spec.recipe, f"models.{spec.name}.recipe")
+
+
+def toy_vocabulary_max(spec: ModelSpec) -> int:
+    """The largest single-token number of a toy model (its recipe's ``max_number``)."""
+    return toy_recipe(spec).max_number
+
+
+def check_localization(config: dict, specs: dict[str, ModelSpec]) -> None:
+    """Layers named in ``localization`` must exist in the toy models it analyses (other models are checked by the
+    jobs, once their config is known)."""
+    loc = config["localization"]
+    for name in loc["models"] if loc["models"] is not None else specs:
+        if specs[name].source != "toy":
+            continue
+        n_layers = toy_recipe(specs[name]).n_layers
+        bad = [layer for layer in loc["exact_neuron_layers"] if layer >= n_layers]
+        if bad:
+            raise ConfigError(f"localization.exact_neuron_layers: {bad} do not exist in {name} ({n_layers} layers, "
+                              f"0..{n_layers - 1}); use existing layers")
+        if loc["heuristics_layer"] is not None and loc["heuristics_layer"] >= n_layers:
+            raise ConfigError(f"localization.heuristics_layer={loc['heuristics_layer']}: {name} has layers "
+                              f"0..{n_layers - 1}; use one of them or null (derived from the probes)")
 
 
 def check_prompts(config: dict, specs: dict[str, ModelSpec]) -> None:
@@ -94,4 +116,5 @@ def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, d
         unknown = [m for m in config[stage]["models"] or [] if m not in specs]
         if unknown:
             raise ConfigError(f"{stage}.models: unknown model(s) {unknown}; use names from models: {sorted(specs)}")
+    check_localization(config, specs)
     return config, specs

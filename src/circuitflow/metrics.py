@@ -49,8 +49,9 @@ def prob(logits: Tensor, clean_logits: Tensor, input_lengths: Tensor, labels: Te
 def ie(logits: Tensor, clean_logits: Tensor, input_lengths: Tensor, labels: Tensor) -> Tensor:
     """The arithmetic paper's indirect effect (eq. 1): with P the clean and P* the intervened distribution,
     IE = ½[(P*(r') − P(r'))/P(r') + (P(r) − P*(r))/P*(r)]. It is 0 when nothing changes."""
-    p = torch.softmax(last_logits(clean_logits, input_lengths).float(), -1)
-    p_star = torch.softmax(last_logits(logits, input_lengths).float(), -1)
+    # float64: a patch that flips a confident answer gives P*(r) ~ 1e-40, which float32 rounds to 0 (IE = inf)
+    p = torch.softmax(last_logits(clean_logits, input_lengths).double(), -1)
+    p_star = torch.softmax(last_logits(logits, input_lengths).double(), -1)
     r_term = (_pick(p, labels, 0) - _pick(p_star, labels, 0)) / _pick(p_star, labels, 0)
     r_prime_term = (_pick(p_star, labels, 1) - _pick(p, labels, 1)) / _pick(p, labels, 1)
     return 0.5 * (r_prime_term + r_term)

@@ -208,3 +208,26 @@ def attention_panels(grid: pd.DataFrame, ov: pd.DataFrame, title: str):
         axes[0][0].text(0.5, 0.5, "no heads chosen (localization.attention_heads = 0)", ha="center")
     fig.suptitle(title)
     return fig
+
+
+def checkpoint_ie(table: pd.DataFrame, title: str, n_components: int = 5, value: str = "ie_median"):
+    """Per operator: ``value`` at the last position across training steps for the ``n_components`` components with
+    the largest value at the final step (log-scaled steps, step 0 drawn at 0.5; symmetric-log y axis)."""
+    ops = [op for op in OP_LABELS if op in set(table["operator"])]
+    fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.6), squeeze=False, layout="constrained")
+    last = table[table["position"] == "last"].copy()
+    last["name"] = [f"L{layer}{'MLP' if c == 'mlp' else f'H{h}'}" for layer, c, h in
+                    zip(last["layer"], last["component"], last["head"])]
+    for ax, op in zip(axes[0], ops):
+        rows = last[last["operator"] == op]
+        final = rows[rows["step"] == rows["step"].max()].sort_values(value, ascending=False)
+        for name in final["name"].head(n_components):
+            series = rows[rows["name"] == name].groupby("step")[value].mean()
+            ax.plot(series.index.to_numpy().clip(min=0.5), series.to_numpy(), marker="o", ms=2, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylim(bottom=min(-1e-2, float(rows[value].min())))
+        ax.set(title=OP_LABELS[op], xlabel="training step", ylabel=value.replace("_", " "))
+        ax.legend(fontsize="x-small")
+    fig.suptitle(title)
+    return fig

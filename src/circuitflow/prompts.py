@@ -53,7 +53,8 @@ def few_shot_prefix(op: Operator, cfg: PromptConfig, answer_max: int) -> str:
                    for (x, y), r in zip(chosen, results))
 
 
-def tokenize_prompts(tokenizer, prompts: Sequence[str], answer_texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+def tokenize_prompts(tokenizer, prompts: Sequence[str],
+                     answer_texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Token ids of each prompt, and the answer's token id: the one token that ``prompt + answer`` adds to the
     prompt's tokens (-1 when the answer adds more than one token, changes the prompt's tokens, or is unknown)."""
     prompt_ids = tokenizer(list(prompts))["input_ids"]
@@ -89,7 +90,8 @@ def evaluate_operator(
     """
     pairs = legal_pairs(op, cfg.operand_max, answer_max, cfg.division)
     if len(pairs) == 0:
-        raise PromptError(f"prompts.operand_max={cfg.operand_max}: no legal {op} prompt has an answer in 0..{answer_max}")
+        raise PromptError(f"prompts.operand_max={cfg.operand_max}: no legal {op} prompt has an answer in "
+                          f"0..{answer_max}")
     results = answers(op, pairs[:, 0], pairs[:, 1])
     prefix = few_shot_prefix(op, cfg, answer_max)
     prompts = [prefix + prompt_text(op, int(x), int(y)) for x, y in pairs]

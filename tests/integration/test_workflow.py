@@ -51,6 +51,7 @@ EXPECTED = [
     *(f"figures/toy/{f}_{op}.png" for op in ("add", "sub", "mul", "div")
       for f in ("ie_map", "neurons", "probes", "attention")),
     "figures/toy/paper_faithfulness.png", "figures/toy/paper_faithfulness.pdf",
+    "toy/checkpoint_ie_maps.parquet", "figures/toy/checkpoint_ie.png",
 ]
 
 
@@ -121,6 +122,13 @@ def test_localization_tables_are_sane(results):
         attention = pd.read_parquet(results / "toy" / "attention" / f"{op}.parquet")
         assert attention["attention"].between(0, 1).all()
         assert len(attention[["layer", "head"]].drop_duplicates()) == 2
+
+
+def test_checkpoint_ie_maps_cover_every_checkpoint_and_operator(results):
+    steps = pd.read_parquet(results / "toy" / "checkpoint_ie_maps.parquet")
+    assert sorted(steps["step"].unique()) == [0, 100, 300, 600]
+    assert set(steps["operator"]) == {"add", "sub", "mul", "div"}
+    assert len(steps) == 4 * 4 * 2 * 5 * 4  # checkpoints × operators × layers × (heads + MLP) × positions (1 seed)
 
 
 def test_figures_are_pngs(results):

@@ -43,7 +43,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
         ({"prompts__operand_max": 150}, r"prompts.operand_max/answer_max: model toy has single tokens only for 0..99"),
         ({"prompts__k": 700}, r"prompts.k=700: only 672 legal mul prompts exist"),
         ({"models__toy__recipe__layers": 3}, r"models.toy.recipe: unknown key\(s\) \['layers'\]"),
-        ({"models__mine": {"source": "local", "path": "/no/such/dir"}}, r"models.mine.path: '/no/such/dir' is not a directory"),
+        ({"models__mine": {"source": "local", "path": "/no/such/dir"}},
+         r"models.mine.path: '/no/such/dir' is not a directory"),
         ({"models__toy-addsub-lora__base": "nope"}, r"models.toy-addsub-lora.base: 'nope' is not a model"),
         ({"models__toy-addsub-lora__base_revision": "step7"}, r"base_revision: 'step7' is not a checkpoint of toy"),
         ({"models__hub1": {"source": "hub", "repo_id": "pythia"}}, r"models.hub1.repo_id: 'pythia' does not match"),
@@ -52,6 +53,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
          r"models.x.adapter.path: '/no/adapter' does not exist"),
         ({"circuits__models": ["toy", "pythia"]}, r"circuits.models: unknown model\(s\) \['pythia'\]"),
         ({"circuits__methods": ["EAP-IG"]}, r"circuits.methods.0: 'EAP-IG' is not one of EAP, EAP-IG-inputs"),
+        ({"localization__exact_neuron_layers": [1, 5]}, r"localization.exact_neuron_layers: \[5\] do not exist in toy"),
+        ({"localization__heuristics_layer": 2}, r"localization.heuristics_layer=2: toy has layers 0..1"),
     ],
 )
 def test_config_errors_name_field_and_fix(changes, message):

@@ -84,6 +84,8 @@ def all_outputs():
         outputs += circuit_outputs(name)
     for name in stage_models("localization"):
         outputs += localization_outputs(name)
+        if MODELS[name].checkpoints:
+            outputs.append(f"{RES}/figures/{name}/checkpoint_ie.png")
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

@@ -148,3 +148,43 @@ rule plot_paper_faithfulness:
         f"{RES}/logs/plot_paper_faithfulness/{{model}}.log",
     script:
         "../scripts/plot_paper_faithfulness.py"
+
+
+rule checkpoint_ie_maps:
+    input:
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+        prompts=expand(f"{RES}/{{{{model}}}}/prompts/{{op}}.parquet", op=OPS),
+        answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
+    output:
+        table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
+    params:
+        loc=CFG["localization"],
+        operators=OPS,
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_ie_maps",
+        code=code_version("localization", "circuits", "metrics", "models", "prompts"),
+    wildcard_constraints:
+        model=alternatives(names(with_checkpoints=True)),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/checkpoint_ie_maps/{{model}}.log",
+    script:
+        "../scripts/checkpoint_ie_maps.py"
+
+
+rule plot_checkpoint_ie:
+    input:
+        table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
+    output:
+        png=report(f"{RES}/figures/{{model}}/checkpoint_ie.png", caption="../report/checkpoint_ie.rst",
+                   category="Localization"),
+        pdf=f"{RES}/figures/{{model}}/checkpoint_ie.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_checkpoint_ie/{{model}}.log",
+    script:
+        "../scripts/plot_checkpoint_ie.py"

@@ -1,4 +1,7 @@
-"""Downloading hub models with ``huggingface_hub`` (resumable; honours ``HF_HOME``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``)."""
+"""Downloading hub models with ``huggingface_hub``.
+
+Resumable; honours ``HF_HOME``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | Non
         raise DownloadError(f"{repo_id}: revision {revision!r} does not exist on the hub") from None
     except LocalEntryNotFoundError:
         raise DownloadError(f"{repo_id}@{revision}: the hub cannot be reached and the model is not in the cache "
-                            "(HF_HOME); download it on a machine with internet or point a 'local' model at it") from None
+                            "(HF_HOME); download it on a machine with internet or point a 'local' model at it"
+                            ) from None
     except (HfHubHTTPError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DownloadError(f"{repo_id}@{revision}: download failed: {first}") from None

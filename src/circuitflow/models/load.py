@@ -84,7 +84,8 @@ def load_bridge(
     if hf_model is None:
         hf_model = load_hf_model(handle, device, dtype, device_map)
     tokenizer = load_tokenizer(handle)
-    kwargs = {"device_map": device_map} if device_map is not None else {"device": str(next(hf_model.parameters()).device)}
+    device_kwargs = {"device": str(next(hf_model.parameters()).device)}
+    kwargs = {"device_map": device_map} if device_map is not None else device_kwargs
     return TransformerBridge.boot_transformers(
         handle.path, hf_model=hf_model, tokenizer=tokenizer, dtype=resolve_dtype(dtype), **_revision(handle), **kwargs
     )

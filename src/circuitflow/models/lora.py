@@ -92,7 +92,8 @@ def merge_adapter(
             raise ValueError(f"adapter {adapter}: a raw LoRA file needs adapter.scaling in the config")
         merge_raw_lora(base_model, load_file(str(adapter)), scaling, extra_scaling)
         return base_model
-    raise ValueError(f"adapter {adapter}: neither a peft adapter directory (adapter_config.json) nor a .safetensors file")
+    raise ValueError(f"adapter {adapter}: neither a peft adapter directory (adapter_config.json) nor a .safetensors "
+                     "file")
 
 
 def export_raw_lora(peft_dir: Path, out_file: Path) -> float:
