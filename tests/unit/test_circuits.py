@@ -295,3 +295,16 @@ def test_prompt_pairs_refuse_a_tokenizer_that_adds_tokens(toy_handle):
     assert [len(b) for b in pair_batches(prompts, tokenizer, 8)] == [2]
     with pytest.raises(PairError, match="BOS"):
         pair_batches(prompts, load_bridge(toy_handle, device="cpu").tokenizer, 8)
+
+
+def test_masked_runs_are_chunked_to_a_memory_budget(tiny):
+    bridge, tracer = tiny
+    whole = tracer.rows_per_pass(5)
+    assert tracer.rows_per_pass(5, budget_bytes=1) == 1 and 1 < whole <= 4096
+    batches = [random_pairs(3, seed=8)]
+    g = tracer.shape
+    masks = torch.stack([g.valid, torch.zeros_like(g.valid), g.valid & (torch.arange(g.n_down) % 2 == 0)])
+    one_pass = evaluate_masks(tracer, masks, batches, logit_diff)
+    tracer.rows_per_pass = lambda pos, budget_bytes=0, cap=0: 3  # one mask (3 rows) per forward
+    torch.testing.assert_close(evaluate_masks(tracer, masks, batches, logit_diff), one_pass, rtol=0, atol=1e-6)
+    del tracer.rows_per_pass  # back to the class method

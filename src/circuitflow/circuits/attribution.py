@@ -56,14 +56,14 @@ def upstream_groups(tracer: Tracer) -> list[tuple[str, slice]]:
     return groups
 
 
-def exact_edge_scores(tracer: Tracer, batch: PairBatch, clean_logits: Tensor, reference: Tensor, metric: Metric,
-                      max_rows: int = 4096) -> Tensor:
+def exact_edge_scores(tracer: Tracer, batch: PairBatch, clean_logits: Tensor, reference: Tensor,
+                      metric: Metric) -> Tensor:
     """``[n_up, n_down]``: Σ over the batch of L(only edge u→v intervened) − L(clean), for every valid edge."""
     g = tracer.shape
     edges = g.valid.nonzero()
     base = metric_values(metric, clean_logits, clean_logits, batch).sum()
     out = torch.zeros(g.n_up, g.n_down, device=tracer.device)
-    chunk = max(1, max_rows // len(batch))
+    chunk = max(1, tracer.rows_per_pass(batch.clean.shape[1]) // len(batch))
     for start in range(0, len(edges), chunk):
         part = edges[start : start + chunk]
         missing = torch.zeros(len(part), g.n_up, g.n_down, dtype=torch.bool)

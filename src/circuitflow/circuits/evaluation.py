@@ -34,8 +34,10 @@ def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch
         batch = batch.to(tracer.device)
         clean_logits, _ = tracer.outputs(batch.clean)
         reference = tracer.reference(batch, intervention, means)
-        logits = tracer.run_masked(batch, missing, reference)
-        rows.append(metric_values(metric, logits, clean_logits, batch).double())
+        chunk = max(1, tracer.rows_per_pass(batch.clean.shape[1]) // len(batch))
+        values = [metric_values(metric, tracer.run_masked(batch, missing[i : i + chunk], reference), clean_logits,
+                                batch).double() for i in range(0, len(missing), chunk)]
+        rows.append(torch.cat(values))
     return torch.cat(rows, dim=1).cpu()
 
 

@@ -160,6 +160,13 @@ class Tracer:
             accumulate(g.upstream_before(layer, "mlp"), g.down(layer, "mlp"), grad_x)
         accumulate(g.n_up, slice(g.logits_down, g.logits_down + 1), grads["final"].unsqueeze(2))
 
+    def rows_per_pass(self, pos: int, budget_bytes: int = 2**31, cap: int = 4096) -> int:
+        """How many batch rows a masked forward may stack: its two ``[rows, pos, n_up, d_model]`` buffers of upstream
+        differences stay within ``budget_bytes`` (2 GiB by default)."""
+        itemsize = self.anatomy.layers[0].W_O.element_size()
+        per_row = 2 * pos * self.shape.n_up * self.anatomy.d_model * itemsize
+        return max(1, min(cap, budget_bytes // per_row))
+
     # ------------------------------------------------------------------ masked forward (evaluation, exact patching)
     @torch.no_grad()
     def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor) -> Tensor:
