@@ -71,7 +71,7 @@ def circuit_drawing(graph, title: str):
         layout[f"m{layer}"] = (0.5 * (graph.n_heads - 1), 2.0 * layer + 2)
     layout["logits"] = (0.5 * (graph.n_heads - 1), 2.0 * graph.n_layers + 1)
     ups = graph.upstream_names()
-    owners = graph._down_owner()
+    owners = graph.down_owner()
     targets = [[(ups + ["logits"])[int(j)] for j in owners[d].nonzero()] for d in range(graph.n_down)]
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * graph.n_heads, 1.2 + 0.9 * (2 * graph.n_layers + 1)))
     edges = graph.in_graph.nonzero().tolist()

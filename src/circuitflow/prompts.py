@@ -53,6 +53,13 @@ def few_shot_prefix(op: Operator, cfg: PromptConfig, answer_max: int) -> str:
                    for (x, y), r in zip(chosen, results))
 
 
+def all_pair_prompts(cfg: PromptConfig) -> list[str]:
+    """Every ``x op y=`` with operands ``0..operand_max`` for every operator, legal or not, with the few-shot prefix
+    (the dataset of the paper's per-position means)."""
+    return [few_shot_prefix(op, cfg, cfg.operand_max) + prompt_text(op, x, y) for op in OPERATORS
+            for x in range(cfg.operand_max + 1) for y in range(cfg.operand_max + 1)]
+
+
 def tokenize_prompts(tokenizer, prompts: Sequence[str],
                      answer_texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
     """Token ids of each prompt, and the answer's token id: the one token that ``prompt + answer`` adds to the

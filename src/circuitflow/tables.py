@@ -13,9 +13,15 @@ def accuracy_table(answers: pd.DataFrame, **labels: object) -> pd.DataFrame:
     grouped = answers.groupby("operator", sort=False)["correct"]
     table = pd.DataFrame({"n_prompts": grouped.size(), "n_correct": grouped.sum()}).reset_index()
     table["accuracy"] = table["n_correct"] / table["n_prompts"]
+    return with_labels(table, **labels)
+
+
+def with_labels(frame: pd.DataFrame, **labels: object) -> pd.DataFrame:
+    """``frame`` with ``labels`` (e.g. ``model=..., revision=..., operator=...``) inserted as leading columns, in
+    place; returns it."""
     for i, (key, value) in enumerate(labels.items()):
-        table.insert(i, key, value)
-    return table
+        frame.insert(i, key, value)
+    return frame
 
 
 def concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:

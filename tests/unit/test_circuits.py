@@ -6,12 +6,10 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-
 import pytest
 import torch
 
-from circuitflow.circuits import (Graph, PairBatch, Tracer, attribute, evaluate_masks, faithfulness_curve,
-                                  split_batches)
+from circuitflow.circuits import Graph, PairBatch, Tracer, attribute, evaluate_masks, faithfulness_curve, split_batches
 from circuitflow.circuits.tracing import metric_values
 from circuitflow.metrics import logit_diff
 from circuitflow.models import ModelHandle, load_bridge

@@ -39,7 +39,7 @@ rule faithfulness:
         device=CFG["device"],
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
-        code=code_version("circuits", "metrics", "models"),
+        code=code_version("circuits", "metrics", "models", "tables"),
     resources:
         gpu=GPU,
     log:

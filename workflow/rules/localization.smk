@@ -15,7 +15,7 @@ rule ie_maps:
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
         partial=lambda w: f"{RES}/{w.model}/.partial/ie_maps_{w.op}",
-        code=code_version("localization", "circuits", "metrics", "models", "prompts"),
+        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts"),
     resources:
         gpu=GPU,
     log:
@@ -35,7 +35,7 @@ rule neuron_scores:
         device=CFG["device"],
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
-        code=code_version("localization", "circuits", "metrics", "models"),
+        code=code_version("localization", "tables", "circuits", "metrics", "models"),
     resources:
         gpu=GPU,
     log:
@@ -55,7 +55,7 @@ rule probes:
         device=CFG["device"],
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
-        code=code_version("localization", "circuits", "models"),
+        code=code_version("localization", "tables", "circuits", "models"),
     resources:
         gpu=GPU,
     log:
@@ -80,7 +80,7 @@ rule paper_circuits:
         device=CFG["device"],
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
-        code=code_version("localization", "circuits", "metrics", "models", "prompts", "arithmetic"),
+        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts", "arithmetic"),
     resources:
         gpu=GPU,
     log:
@@ -102,7 +102,7 @@ rule attention:
         device=CFG["device"],
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
-        code=code_version("localization", "circuits", "models", "arithmetic"),
+        code=code_version("localization", "tables", "circuits", "models", "arithmetic"),
     resources:
         gpu=GPU,
     log:
@@ -164,7 +164,7 @@ rule checkpoint_ie_maps:
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
         partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_ie_maps",
-        code=code_version("localization", "circuits", "metrics", "models", "prompts"),
+        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts"),
     wildcard_constraints:
         model=alternatives(names(with_checkpoints=True)),
     resources:

@@ -65,7 +65,7 @@ rule finetune_toy_lora:
     params:
         spec=model_spec,
         seed=CFG["seed"],
-        code=code_version("toy", "recipes", "models"),
+        code=code_version("toy", "recipes", "models", "tables"),
     wildcard_constraints:
         model=alternatives(n for n in names("lora") if "train" in MODELS[n].adapter),
     threads: 2

@@ -14,7 +14,7 @@ rule prompts:
         dtype=CFG["dtype"],
         device_map=CFG["device_map"],
         batch_size=CFG["batch_size"],
-        code=code_version("prompts", "arithmetic", "models"),
+        code=code_version("prompts", "arithmetic", "models", "tables"),
     resources:
         gpu=GPU,
     log:

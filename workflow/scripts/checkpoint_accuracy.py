@@ -1,12 +1,9 @@
 """Accuracy per operator of every training checkpoint of one model (all checkpoints in one process)."""
-import json
-from pathlib import Path
-
 import torch
 
 from circuitflow.io import write_parquet
 from circuitflow.logs import log_to
-from circuitflow.models import ModelHandle, load_hf_model, load_tokenizer
+from circuitflow.models import load_hf_model, load_tokenizer, read_handles
 from circuitflow.prompts import PromptConfig, evaluate_operator, resolve_answer_max
 from circuitflow.tables import accuracy_table, concat
 
@@ -14,15 +11,13 @@ with log_to(snakemake.log[0]) as log:
     p = snakemake.params
     cfg = PromptConfig(**p.prompts)
     tables = []
-    for entry in json.loads(Path(snakemake.input.index).read_text()):
-        handle = ModelHandle(**entry)
+    for handle in read_handles(snakemake.input.index):
         tokenizer = load_tokenizer(handle)
         answer_max = resolve_answer_max(tokenizer, cfg)
         model = load_hf_model(handle, p.device, p.dtype, p.device_map)
-        step = int(handle.revision.removeprefix("step")) if handle.revision.startswith("step") else -1
         for op in p.operators:
             answers = evaluate_operator(model, tokenizer, op, cfg, answer_max, p.batch_size)
-            tables.append(accuracy_table(answers, model=handle.name, revision=handle.revision, step=step))
+            tables.append(accuracy_table(answers, model=handle.name, revision=handle.revision, step=handle.step))
         log.info("%s: %s", handle.revision, tables[-1].to_dict("records"))
         del model
         if torch.cuda.is_available():

@@ -6,6 +6,7 @@ from circuitflow.circuits.job import load_circuit_job
 from circuitflow.io import write_parquet
 from circuitflow.logs import log_to
 from circuitflow.metrics import get_metric
+from circuitflow.tables import with_labels
 
 with log_to(snakemake.log[0]) as log:
     p, c = snakemake.params, snakemake.params.circuits
@@ -16,15 +17,12 @@ with log_to(snakemake.log[0]) as log:
         curve = faithfulness_curve(job.bridge, Graph.load(path), job.batches, get_metric(c["metric"]),
                                    c["intervention"], c["fractions"], c["selection"], c["absolute"], means=job.means,
                                    tracer=job.tracer)
-        curve.insert(0, "method", method)
-        curves.append(curve)
+        curves.append(with_labels(curve, method=method))
         areas.append(dict(method=method, **area_scores(curve), selection=c["selection"], absolute=c["absolute"]))
         log.info("%s: CPR %.3f, CMD %.3f", method, areas[-1]["cpr"], areas[-1]["cmd"])
     table, area_table = pd.concat(curves, ignore_index=True), pd.DataFrame(areas)
     for frame in (table, area_table):
-        frame.insert(0, "model", job.handle.name)
-        frame.insert(1, "revision", job.handle.revision)
-        frame.insert(2, "operator", snakemake.wildcards.op)
+        with_labels(frame, model=job.handle.name, revision=job.handle.revision, operator=snakemake.wildcards.op)
         frame["metric_name"] = c["metric"]
     write_parquet(table, snakemake.output.curve)
     write_parquet(area_table, snakemake.output.areas)

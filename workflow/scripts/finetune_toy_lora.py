@@ -5,10 +5,11 @@ import torch
 
 from circuitflow.io import write_parquet
 from circuitflow.logs import log_to
-from circuitflow.models.registry import ModelSpec
 from circuitflow.models.lora import export_raw_lora
+from circuitflow.models.registry import ModelSpec
 from circuitflow.models.select import base_handle
 from circuitflow.recipes import LoraRecipe, recipe_from_dict
+from circuitflow.tables import with_labels
 from circuitflow.toy import finetune_lora
 
 with log_to(snakemake.log[0]) as log:
@@ -18,8 +19,7 @@ with log_to(snakemake.log[0]) as log:
                               f"models.{spec.name}.adapter.train")
     base = base_handle(spec, snakemake.input.handle, snakemake.input.checkpoints)
     table = finetune_lora(Path(base.path), recipe, Path(snakemake.output.adapter))
-    table.insert(0, "model", spec.name)
-    table.insert(1, "base_revision", base.revision)
+    with_labels(table, model=spec.name, base_revision=base.revision)
     log.info("held-out accuracy before/after:\n%s", table.to_string())
     write_parquet(table, snakemake.output.table)
     scaling = export_raw_lora(Path(snakemake.output.adapter), Path(snakemake.output.raw))

@@ -5,6 +5,7 @@ from circuitflow.io import write_parquet
 from circuitflow.logs import log_to
 from circuitflow.models import load_hf_model, load_tokenizer, read_handle
 from circuitflow.prompts import PromptConfig, build_prompt_set, resolve_answer_max
+from circuitflow.tables import with_labels
 
 with log_to(snakemake.log[0]) as log:
     p = snakemake.params
@@ -18,8 +19,7 @@ with log_to(snakemake.log[0]) as log:
     log.info("%s: %d/%d legal prompts correct (answers 0..%d); chose %d with %d distinct answers", op,
              evaluated["correct"].sum(), len(evaluated), answer_max, len(chosen), chosen["answer"].nunique())
     for frame in (chosen, evaluated):
-        frame.insert(0, "model", handle.name)
-        frame.insert(1, "revision", handle.revision)
+        with_labels(frame, model=handle.name, revision=handle.revision)
     chosen.attrs["prompt_config"] = asdict(cfg)
     write_parquet(chosen, snakemake.output.prompts)
     write_parquet(evaluated, snakemake.output.answers)

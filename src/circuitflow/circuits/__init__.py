@@ -15,8 +15,13 @@ from circuitflow.circuits.agreement import agreement
 from circuitflow.circuits.anatomy import Anatomy
 from circuitflow.circuits.attribution import METHODS, Method, attribute, exact_edge_scores
 from circuitflow.circuits.data import PairBatch, PairError, pair_batches, split_batches, token_batches
-from circuitflow.circuits.evaluation import (MIB_FRACTIONS, area_scores, evaluate_graph, evaluate_masks,
-                                             faithfulness_curve)
+from circuitflow.circuits.evaluation import (
+    MIB_FRACTIONS,
+    area_scores,
+    evaluate_graph,
+    evaluate_masks,
+    faithfulness_curve,
+)
 from circuitflow.circuits.graph import Graph
 from circuitflow.circuits.neurons import neuron_attribution, post_activations
 from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer

@@ -101,11 +101,12 @@ def attribute(
     n_examples = 0
     for batch in tqdm(batches, desc=method, disable=not progress, mininterval=5):
         batch = batch.to(tracer.device)
-        clean_logits, clean_up = tracer.outputs(batch.clean)
         reference = tracer.reference(batch, intervention, means)
         if method == "exact":
+            clean_logits, _ = tracer.capture(batch.clean, {})
             scores += exact_edge_scores(tracer, batch, clean_logits, reference, metric)
         else:
+            clean_logits, clean_up = tracer.outputs(batch.clean)
             delta = reference - clean_up
             if method == "EAP-IG-activations":
                 for hook, nodes in upstream_groups(tracer):

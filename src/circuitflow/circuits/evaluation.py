@@ -32,7 +32,7 @@ def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch
     rows = []
     for batch in batches:
         batch = batch.to(tracer.device)
-        clean_logits, _ = tracer.outputs(batch.clean)
+        clean_logits, _ = tracer.capture(batch.clean, {})
         reference = tracer.reference(batch, intervention, means)
         chunk = max(1, tracer.rows_per_pass(batch.clean.shape[1]) // len(batch))
         values = [metric_values(metric, tracer.run_masked(batch, missing[i : i + chunk], reference), clean_logits,

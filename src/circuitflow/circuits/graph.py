@@ -120,7 +120,7 @@ class Graph:
         return names + ["logits"]
 
     # ---------------------------------------------------------------- nodes of a circuit
-    def _down_owner(self) -> Tensor:
+    def down_owner(self) -> Tensor:
         """``[n_down, n_up + 1]`` bool: which upstream node(s) each downstream input belongs to (column n_up is
         the logits)."""
         owner = torch.zeros(self.n_down, self.n_up + 1, dtype=torch.bool)
@@ -136,14 +136,14 @@ class Graph:
 
     def nodes_in_graph(self) -> Tensor:
         """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits."""
-        owner = self._down_owner()
+        owner = self.down_owner()
         writes = self.in_graph.any(1)
         reads = (self.in_graph.any(0)[:, None] & owner).any(0)
         return torch.cat([writes, torch.zeros(1, dtype=torch.bool)]) | reads
 
     def prune(self) -> Graph:
         """Keep only circuit edges on a path from the input to the logits (in place; returns self)."""
-        owner = self._down_owner().float()
+        owner = self.down_owner().float()
         edges = self.in_graph.float()
         forward = torch.zeros(self.n_up + 1)
         forward[0] = 1
@@ -181,7 +181,7 @@ class Graph:
         """Grow a circuit from the logits: repeatedly add the best edge whose reader's node is already in the
         circuit, until it has ``n`` edges (in place)."""
         ranked = self._ranked(absolute)
-        owner = self._down_owner()
+        owner = self.down_owner()
         in_nodes = torch.zeros(self.n_up + 1, dtype=torch.bool)
         in_nodes[-1] = True
         chosen = torch.zeros_like(self.in_graph)

@@ -1,4 +1,5 @@
-"""The set-up the workflow's circuit jobs share: model, prompt pairs, and the means of the mean interventions."""
+"""The set-up the workflow's model-running jobs share: handle, bridge, the model's own tokenizer and a tracer; for
+circuit jobs also the prompt pairs and the means of the mean interventions."""
 
 from __future__ import annotations
 
@@ -14,27 +15,36 @@ from circuitflow.models import ModelHandle, load_bridge, load_tokenizer, read_ha
 
 
 @dataclass
-class CircuitJob:
+class ModelJob:
     handle: ModelHandle
     bridge: object
+    tokenizer: object  # the model's own: the bridge's tokenizer prepends a BOS token the prompt sets never had
     tracer: Tracer
+
+
+@dataclass
+class CircuitJob(ModelJob):
     batches: list[PairBatch]
     means: Tensor | None
+
+
+def load_model_job(handle_path: str, device: str, dtype: str, device_map: str | None) -> ModelJob:
+    """Load the model of a handle file into a bridge, with its own tokenizer and a :class:`Tracer`."""
+    handle = read_handle(handle_path)
+    bridge = load_bridge(handle, device, dtype, device_map)
+    return ModelJob(handle, bridge, load_tokenizer(handle), Tracer(bridge))
 
 
 def load_circuit_job(handle_path: str, prompts_path: str, answers_paths: Sequence[str], circuits: dict,
                      device: str, dtype: str, device_map: str | None) -> CircuitJob:
     """Load the model and the prompt pairs; for ``mean``/``mean-positional`` interventions, average the upstream
     outputs over every legal prompt of every operator (the ``answers`` tables), as the arithmetic paper does."""
-    handle = read_handle(handle_path)
-    bridge = load_bridge(handle, device, dtype, device_map)
-    tokenizer = load_tokenizer(handle)  # the model's own (the bridge's adds a BOS token the prompts never had)
-    batches = pair_batches(pd.read_parquet(prompts_path), tokenizer, circuits["batch_size"])
-    tracer = Tracer(bridge)
+    job = load_model_job(handle_path, device, dtype, device_map)
+    batches = pair_batches(pd.read_parquet(prompts_path), job.tokenizer, circuits["batch_size"])
     means = None
     if circuits["intervention"].startswith("mean"):
         texts = pd.concat([pd.read_parquet(path) for path in answers_paths])["prompt"].tolist()
         positional = circuits["intervention"] == "mean-positional"
         length = batches[0].clean.shape[1] if positional else None
-        means = tracer.means(token_batches(tokenizer, texts, circuits["batch_size"], length), positional)
-    return CircuitJob(handle, bridge, tracer, batches, means)
+        means = job.tracer.means(token_batches(job.tokenizer, texts, circuits["batch_size"], length), positional)
+    return CircuitJob(job.handle, job.bridge, job.tokenizer, job.tracer, batches, means)

@@ -25,17 +25,9 @@ from circuitflow.metrics import Metric
 @torch.no_grad()
 def post_activations(tracer: Tracer, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits, input-node output ``[b, p, d_model]``, MLP hidden activations ``[b, p, n_layers, d_mlp]``)."""
-    store: dict[str, Tensor] = {}
-
-    def keep(key, tensor, hook):
-        store[key] = tensor.detach()
-
-    hooks = [(tracer.anatomy.input_hook, partial(keep, "input"))]
-    hooks += [(la.hooks["mlp_post"], partial(keep, f"post{i}")) for i, la in enumerate(tracer.anatomy.layers)]
-    with tracer.bridge.hooks(fwd_hooks=hooks):
-        logits = tracer.bridge(tokens.to(tracer.device))
-    posts = torch.stack([store[f"post{i}"] for i in range(tracer.anatomy.n_layers)], dim=2)
-    return logits, store["input"], posts
+    posts = tracer.layer_hooks("mlp_post")
+    logits, store = tracer.capture(tokens, {"input": tracer.anatomy.input_hook, **posts})
+    return logits, store["input"], torch.stack([store[key] for key in posts], dim=2)
 
 
 def neuron_attribution(

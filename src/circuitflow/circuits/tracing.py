@@ -49,29 +49,32 @@ class Tracer:
         self.shape = Graph.empty(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel)
         self.device = next(bridge.parameters()).device
 
-    # ------------------------------------------------------------------ upstream outputs
-    def _capture_hooks(self, store: dict[str, Tensor]) -> list:
+    # ------------------------------------------------------------------ activations of plain runs
+    @torch.no_grad()
+    def capture(self, tokens: Tensor, names: dict[str, str]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits ``[batch, pos, vocab]`` and the activations at ``names`` (key -> hook name) of one forward pass."""
+        store: dict[str, Tensor] = {}
+
         def keep(key, tensor, hook):
             store[key] = tensor.detach()
 
-        hooks = [(self.anatomy.input_hook, partial(keep, "input"))]
-        for layer, la in enumerate(self.anatomy.layers):
-            hooks += [(la.hooks["z"], partial(keep, f"z{layer}")), (la.hooks["mlp_out"], partial(keep, f"m{layer}"))]
-        return hooks
+        with self.bridge.hooks(fwd_hooks=[(hook, partial(keep, key)) for key, hook in names.items()]):
+            logits = self.bridge(tokens.to(self.device))
+        return logits, store
 
-    def _stack(self, store: dict[str, Tensor]) -> Tensor:
-        parts = [store["input"].unsqueeze(2)]
-        for layer, la in enumerate(self.anatomy.layers):
-            parts += [head_outputs(la.W_O, store[f"z{layer}"]), store[f"m{layer}"].unsqueeze(2)]
-        return torch.cat(parts, dim=2)
+    def layer_hooks(self, role: str) -> dict[str, str]:
+        """``{f"{role}{layer}": hook name}`` of one role (``z``, ``mlp_post``, ``resid_in``, ...) in every layer."""
+        return {f"{role}{layer}": la.hooks[role] for layer, la in enumerate(self.anatomy.layers)}
 
     @torch.no_grad()
     def outputs(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(logits ``[batch, pos, vocab]``, upstream outputs ``[batch, pos, n_up, d_model]``) of a clean run."""
-        store: dict[str, Tensor] = {}
-        with self.bridge.hooks(fwd_hooks=self._capture_hooks(store)):
-            logits = self.bridge(tokens.to(self.device))
-        return logits, self._stack(store)
+        logits, store = self.capture(tokens, {"input": self.anatomy.input_hook, **self.layer_hooks("z"),
+                                              **self.layer_hooks("mlp_out")})
+        parts = [store["input"].unsqueeze(2)]
+        for layer, la in enumerate(self.anatomy.layers):
+            parts += [head_outputs(la.W_O, store[f"z{layer}"]), store[f"mlp_out{layer}"].unsqueeze(2)]
+        return logits, torch.cat(parts, dim=2)
 
     @torch.no_grad()
     def reference(self, batch: PairBatch, intervention: Intervention, means: Tensor | None = None) -> Tensor:

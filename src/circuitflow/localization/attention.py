@@ -57,3 +57,16 @@ def ov_transition(tracer: Tracer, layer: int, head: int, token_ids: Sequence[int
     group = head // tracer.anatomy.group_size
     w_u = unembedding(tracer.bridge)[:, list(token_ids)].to(la.W_V.dtype)
     return (w_u.T @ la.W_V[group] @ la.W_O[head] @ w_u).float().cpu()
+
+
+def ov_table(tracer: Tracer, tokenizer, heads: Sequence[tuple[int, int]], operand_max: int) -> pd.DataFrame:
+    """:func:`ov_transition` over the number tokens ``0..operand_max`` for each head, as rows ``layer, head,
+    input_number, output_number, value``."""
+    numbers = np.arange(operand_max + 1)
+    ids = tokenizer.convert_tokens_to_ids([str(n) for n in numbers])
+    frames = [pd.DataFrame(dict(layer=layer, head=head, input_number=np.repeat(numbers, len(numbers)),
+                                output_number=np.tile(numbers, len(numbers)),
+                                value=ov_transition(tracer, layer, head, ids).flatten().numpy()))
+              for layer, head in heads]
+    columns = ["layer", "head", "input_number", "output_number", "value"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

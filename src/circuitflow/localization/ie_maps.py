@@ -23,6 +23,12 @@ from circuitflow.prompts import add_counterfactuals
 COUNTERFACTUAL_COLUMNS = ("corrupt_prompt", "corrupt_op1", "corrupt_op2", "corrupt_answer", "corrupt_answer_token")
 
 
+def counterfactual_pool(answer_paths: Sequence[str]) -> pd.DataFrame:
+    """The correct prompts of every operator (from the ``answers`` tables): where IE maps draw counterfactuals."""
+    answers = pd.concat([pd.read_parquet(path) for path in answer_paths], ignore_index=True)
+    return answers[answers["correct"]]
+
+
 def resample_counterfactuals(prompts: pd.DataFrame, pool: pd.DataFrame, seed: int) -> pd.DataFrame:
     """``prompts`` with new counterfactual partners drawn (seeded) from ``pool`` (correct prompts of any operator,
     same token length, another answer). Prompts without a possible partner are dropped."""

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.tracing import Tracer, metric_values
+from circuitflow.localization.ie_maps import top_heads
 from circuitflow.localization.patching import site_activations
+from circuitflow.localization.probing import heuristics_layer
 from circuitflow.metrics import accuracy, nl
 
 
@@ -121,3 +123,27 @@ def faithfulness_table(tracer: Tracer, batches: Sequence[PairBatch], z_mean: Ten
     frame["accuracy"] = acc.mean(1).numpy()
     frame["n_neurons_per_layer"] = frame["k"]
     return frame
+
+
+def paper_faithfulness(tracer: Tracer, batches: Sequence[PairBatch], mean_tokens: Sequence[Tensor],
+                       ie_maps: pd.DataFrame, neurons: pd.DataFrame, probes: pd.DataFrame, n_heads: int,
+                       first_layer: int | None, probe_threshold: float, ks: Sequence[int],
+                       random_seeds: Sequence[int]) -> pd.DataFrame:
+    """The paper's circuits from the IE map (top ``n_heads`` heads), the neuron table (importance ranking) and the
+    probes (the first heuristics layer unless ``first_layer`` is given), evaluated for every k in ``ks`` (values
+    ≥ d_mlp dropped, d_mlp added) under per-position means over ``mean_tokens``. Returns
+    :func:`faithfulness_table`'s rows plus ``heads`` and ``heuristics_layer`` columns."""
+    a = tracer.anatomy
+    z_mean, post_mean = site_means(tracer, mean_tokens)
+    heads = top_heads(ie_maps, n_heads)
+    first = heuristics_layer(probes, probe_threshold) if first_layer is None else first_layer
+    first = min(first, a.n_layers - 1)
+    importance = torch.tensor(neurons.sort_values(["layer", "neuron"])["importance"].to_numpy())
+    rank = importance.view(a.n_layers, a.d_mlp).argsort(dim=1, descending=True)
+    ks = sorted({k for k in ks if k < a.d_mlp} | {a.d_mlp})
+    head_keep, neuron_keep, labels = paper_circuits(a.n_layers, a.n_heads, a.d_mlp, heads, first, rank, ks,
+                                                    random_seeds)
+    table = faithfulness_table(tracer, batches, z_mean, post_mean, head_keep, neuron_keep, labels)
+    table["heads"] = ", ".join(f"L{layer}H{head}" for layer, head in heads)
+    table["heuristics_layer"] = first
+    return table

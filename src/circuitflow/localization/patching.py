@@ -1,9 +1,10 @@
 """Exact activation patching, batched (the arithmetic paper's IE maps and per-neuron effects).
 
-Sites are attention heads (``hook_z``, one head's slice), whole MLPs (``mlp.hook_post``, all hidden neurons) and single
-MLP neurons, each at one prompt position. The value patched in is the counterfactual prompt's activation at the same
-site. Many sites are patched in one forward pass: each site gets its own copy of the batch, stacked along the batch
-dimension, and a hook per layer writes every copy's patch with one indexed assignment — no Python loop over sites.
+Sites are attention heads (``hook_z``, one head's slice) and whole MLPs (``mlp.hook_post``, all hidden neurons), each
+at one prompt position. The value patched in is the counterfactual prompt's activation at the same site. Many sites
+are patched in one forward pass: each site gets its own copy of the batch, stacked along the batch dimension, and a
+hook per layer writes every copy's patch with one indexed assignment — no Python loop over sites. Single neurons at
+the last position are patched on the clean prefix's key/value cache (:func:`last_position_neuron_patching`).
 """
 
 from __future__ import annotations
@@ -23,18 +24,9 @@ POSITION_NAMES = ("op1", "operator", "op2", "last")
 @torch.no_grad()
 def site_activations(tracer: Tracer, tokens: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """(logits, per-layer ``z`` ``[b, p, head, d_head]``, per-layer ``post`` ``[b, p, d_mlp]``) of one run."""
-    store: dict[str, Tensor] = {}
-
-    def keep(key, tensor, hook):
-        store[key] = tensor.detach()
-
-    hooks = []
-    for i, la in enumerate(tracer.anatomy.layers):
-        hooks += [(la.hooks["z"], partial(keep, f"z{i}")), (la.hooks["mlp_post"], partial(keep, f"post{i}"))]
-    with tracer.bridge.hooks(fwd_hooks=hooks):
-        logits = tracer.bridge(tokens.to(tracer.device))
-    n = tracer.anatomy.n_layers
-    return logits, [store[f"z{i}"] for i in range(n)], [store[f"post{i}"] for i in range(n)]
+    zs, posts = tracer.layer_hooks("z"), tracer.layer_hooks("mlp_post")
+    logits, store = tracer.capture(tokens, {**zs, **posts})
+    return logits, [store[key] for key in zs], [store[key] for key in posts]
 
 
 @torch.no_grad()
@@ -44,7 +36,7 @@ def patch_sites(tracer: Tracer, batch: PairBatch, layer: Tensor, unit: Tensor, p
     """Patch each of S sites (one at a time) from ``batch.corrupt`` into ``batch.clean``; return ``{name: [S, b]}``.
 
     Site s is ``(layer[s], unit[s], pos[s], kind[s])``: kind 0 = attention head ``unit``, 1 = the whole MLP
-    (``unit`` ignored), 2 = MLP neuron ``unit``; ``pos`` is a token index.
+    (``unit`` ignored); ``pos`` is a token index. Single neurons: :func:`last_position_neuron_patching`.
     """
     b = len(batch)
     batch = batch.to(tracer.device)
@@ -68,17 +60,15 @@ def patch_sites(tracer: Tracer, batch: PairBatch, layer: Tensor, unit: Tensor, p
             return tensor
 
         def patch_post(i, tensor, hook):
-            whole = (r_layer == i) & (r_kind == 1)
-            tensor[whole, r_pos[whole]] = post_corrupt[i][r_ex[whole], r_pos[whole]]
-            one = (r_layer == i) & (r_kind == 2)
-            tensor[one, r_pos[one], r_unit[one]] = post_corrupt[i][r_ex[one], r_pos[one], r_unit[one]]
+            sel = (r_layer == i) & (r_kind == 1)
+            tensor[sel, r_pos[sel]] = post_corrupt[i][r_ex[sel], r_pos[sel]]
             return tensor
 
         hooks = []
         for i, la in enumerate(tracer.anatomy.layers):
             if bool(((r_layer == i) & (r_kind == 0)).any()):
                 hooks.append((la.hooks["z"], partial(patch_z, i)))
-            if bool(((r_layer == i) & (r_kind > 0)).any()):
+            if bool(((r_layer == i) & (r_kind == 1)).any()):
                 hooks.append((la.hooks["mlp_post"], partial(patch_post, i)))
         with tracer.bridge.hooks(fwd_hooks=hooks):
             logits = tracer.bridge(batch.clean.repeat(n_sites, 1))
@@ -95,13 +85,6 @@ def component_sites(n_layers: int, n_heads: int, positions: list[int]) -> dict[s
             for p in positions:
                 layer.append(i), unit.append(min(u, n_heads - 1)), pos.append(p), kind.append(int(u == n_heads))
     return {k: torch.tensor(v) for k, v in dict(layer=layer, unit=unit, pos=pos, kind=kind).items()}
-
-
-def neuron_sites(layer: int, neurons: Tensor, position: int) -> dict[str, Tensor]:
-    """Single neurons of one layer at one position (kind 2)."""
-    n = len(neurons)
-    return dict(layer=torch.full((n,), layer), unit=neurons.long(), pos=torch.full((n,), position),
-                kind=torch.full((n,), 2))
 
 
 @torch.no_grad()

@@ -8,8 +8,6 @@ marks where the answer becomes readable: the MLP of the block before it is the m
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pandas as pd
 import torch
@@ -22,18 +20,11 @@ from circuitflow.localization.patching import POSITION_NAMES
 @torch.no_grad()
 def residual_streams(tracer: Tracer, tokens: Tensor, batch_size: int = 512) -> Tensor:
     """``[N, n_layers + 1, 4, d_model]``: the residual stream at every layer and the last four positions."""
-    names = [la.hooks["resid_in"] for la in tracer.anatomy.layers]
-    names.append(tracer.anatomy.final_hook)
+    names = {**tracer.layer_hooks("resid_in"), "final": tracer.anatomy.final_hook}
     out = []
     for start in range(0, len(tokens), batch_size):
-        store: dict[int, Tensor] = {}
-
-        def keep(i, tensor, hook):
-            store[i] = tensor[:, -4:].detach().float().cpu()
-
-        with tracer.bridge.hooks(fwd_hooks=[(n, partial(keep, i)) for i, n in enumerate(names)]):
-            tracer.bridge(tokens[start : start + batch_size].to(tracer.device))
-        out.append(torch.stack([store[i] for i in range(len(names))], dim=1))
+        _, store = tracer.capture(tokens[start : start + batch_size], names)
+        out.append(torch.stack([store[key][:, -4:].float().cpu() for key in names], dim=1))
     return torch.cat(out)
 
 

@@ -5,7 +5,7 @@ record saying where its Hugging Face files are (a local directory, or a hub id a
 :func:`load_hf_model` and :func:`load_bridge` turn a handle into a model, the same way for every source.
 """
 
-from circuitflow.models.handle import ModelHandle, read_handle, write_handle
+from circuitflow.models.handle import ModelHandle, read_handle, read_handles, write_handle
 from circuitflow.models.load import load_bridge, load_hf_model, load_tokenizer, resolve_device, resolve_dtype
 from circuitflow.models.registry import ModelSpec, expand_models
 from circuitflow.models.tokens import max_single_token_number
@@ -19,6 +19,7 @@ __all__ = [
     "load_tokenizer",
     "max_single_token_number",
     "read_handle",
+    "read_handles",
     "resolve_device",
     "resolve_dtype",
     "write_handle",

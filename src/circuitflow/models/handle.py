@@ -23,6 +23,12 @@ class ModelHandle:
     source: str = "local"
     provenance: dict = field(default_factory=dict)
 
+    @property
+    def step(self) -> int:
+        """The training step of a ``step{N}`` revision (Pythia, toy checkpoints), else -1."""
+        revision = self.revision or ""
+        return int(revision.removeprefix("step")) if revision.startswith("step") else -1
+
 
 def write_handle(handle: ModelHandle, path: Path | str) -> None:
     """Write ``handle`` as JSON, atomically."""
@@ -32,3 +38,8 @@ def write_handle(handle: ModelHandle, path: Path | str) -> None:
 def read_handle(path: Path | str) -> ModelHandle:
     """Read a handle written by :func:`write_handle`."""
     return ModelHandle(**json.loads(Path(path).read_text()))
+
+
+def read_handles(path: Path | str) -> list[ModelHandle]:
+    """Read a checkpoint index (``checkpoints.json``): a list of handles."""
+    return [ModelHandle(**entry) for entry in json.loads(Path(path).read_text())]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from circuitflow.models.handle import ModelHandle, read_handle
+from circuitflow.models.handle import ModelHandle, read_handle, read_handles
 from circuitflow.models.registry import ModelSpec
 
 
@@ -14,7 +13,7 @@ def base_handle(spec: ModelSpec, handle_file: Path | str, checkpoints_file: Path
     final = read_handle(handle_file)
     if spec.base_revision is None or spec.base_revision == final.revision:
         return final
-    for entry in json.loads(Path(checkpoints_file).read_text()):
-        if entry["revision"] == spec.base_revision:
-            return ModelHandle(**entry)
+    for handle in read_handles(checkpoints_file):
+        if handle.revision == spec.base_revision:
+            return handle
     raise ValueError(f"models.{spec.name}.base_revision: {spec.base_revision!r} is not a checkpoint of {spec.base}")
