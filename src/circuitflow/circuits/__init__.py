@@ -14,7 +14,14 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
 from circuitflow.circuits.agreement import agreement
 from circuitflow.circuits.anatomy import Anatomy
 from circuitflow.circuits.attribution import METHODS, Method, attribute, exact_edge_scores
-from circuitflow.circuits.data import PairBatch, PairError, pair_batches, split_batches, token_batches
+from circuitflow.circuits.data import (
+    PairBatch,
+    PairError,
+    indexed_token_batches,
+    pair_batches,
+    split_batches,
+    token_batches,
+)
 from circuitflow.circuits.evaluation import (
     MIB_FRACTIONS,
     area_scores,
@@ -29,5 +36,6 @@ from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer
 __all__ = [
     "Anatomy", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch", "PairError",
     "Tracer", "agreement", "area_scores", "attribute", "evaluate_graph", "evaluate_masks", "exact_edge_scores",
-    "faithfulness_curve", "neuron_attribution", "pair_batches", "post_activations", "split_batches", "token_batches",
+    "faithfulness_curve", "indexed_token_batches", "neuron_attribution", "pair_batches", "post_activations",
+    "split_batches", "token_batches",
 ]

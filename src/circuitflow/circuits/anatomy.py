@@ -67,10 +67,10 @@ class Anatomy:
             attn = block.attn
             layers.append(LayerAnatomy(
                 attn_norm=_original(block.ln1), mlp_norm=_original(block.ln2 if has_ln2 else block.ln1),
-                W_Q=_probe(attn.q, int(cfg.d_model)).unflatten(1, (n_heads, d_head)).transpose(0, 1),
-                W_K=_probe(attn.k, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
-                W_V=_probe(attn.v, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
-                W_O=_probe(attn.o, n_heads * d_head).unflatten(0, (n_heads, d_head)),
+                W_Q=probe_rows(attn.q, int(cfg.d_model)).unflatten(1, (n_heads, d_head)).transpose(0, 1),
+                W_K=probe_rows(attn.k, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
+                W_V=probe_rows(attn.v, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
+                W_O=probe_rows(attn.o, n_heads * d_head).unflatten(0, (n_heads, d_head)),
                 hooks=hooks,
             ))
         return cls(n_layers=len(layers), n_heads=n_heads, n_kv_heads=n_kv, d_model=int(cfg.d_model), d_head=d_head,
@@ -89,10 +89,13 @@ def _original(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _probe(linear: nn.Module, d_in: int) -> Tensor:
-    """``[d_in, d_out]`` matrix W of an affine module f, with f(x) = x @ W + f(0)."""
+def probe_rows(linear: nn.Module, d_in: int, rows: Tensor | None = None) -> Tensor:
+    """Rows ``rows`` (all when None) of the ``[d_in, d_out]`` matrix W of an affine module f, f(x) = x @ W + f(0):
+    e.g. the output weights of chosen MLP neurons."""
     param = next(linear.parameters())
     eye = torch.eye(d_in, dtype=param.dtype, device=param.device)
+    if rows is not None:
+        eye = eye[rows.to(param.device)]
     return (linear(eye) - linear(torch.zeros_like(eye[:1]))).detach()
 
 

@@ -69,16 +69,23 @@ def split_batches(batches: list[PairBatch], batch_size: int) -> list[PairBatch]:
     return out
 
 
+def indexed_token_batches(tokenizer, texts: list[str], batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """``(rows, tokens)`` batches of ``texts`` grouped by token length: ``rows`` ``[b]`` are the texts' indices
+    (ascending within a length), ``tokens`` ``[b, pos]``; every text is in exactly one batch."""
+    ids = tokenizer(list(texts))["input_ids"]
+    by_length: dict[int, list[int]] = {}
+    for index, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(index)
+    return [(torch.tensor(rows[i : i + batch_size]), torch.tensor([ids[j] for j in rows[i : i + batch_size]]))
+            for _, rows in sorted(by_length.items()) for i in range(0, len(rows), batch_size)]
+
+
 def token_batches(tokenizer, texts: list[str], batch_size: int, length: int | None = None) -> list[Tensor]:
     """Token batches of ``texts`` grouped by token length (only those of ``length`` tokens when given): the
     intervention dataset of the mean interventions."""
-    ids = tokenizer(list(texts))["input_ids"]
-    by_length: dict[int, list[list[int]]] = {}
-    for row in ids:
-        if length is None or len(row) == length:
-            by_length.setdefault(len(row), []).append(row)
-    if not by_length:
+    batches = [tokens for _, tokens in indexed_token_batches(tokenizer, texts, batch_size)
+               if length is None or tokens.shape[1] == length]
+    if not batches:
         raise PairError(f"no intervention prompt has {length} tokens: the mean-positional means need prompts of the "
                         "prompt set's length")
-    return [torch.tensor(rows[i : i + batch_size]) for rows in by_length.values()
-            for i in range(0, len(rows), batch_size)]
+    return batches

@@ -1,0 +1,26 @@
+"""Heuristic neurons (Nikankin et al. 2025, §4–5): which simple rule on the operands or the result each important MLP
+neuron implements, and what knocking those neurons out does.
+
+Worked example (a notebook; ``answers`` is an answers table of the workflow, ``neurons`` a neuron-score table)::
+
+    from circuitflow.heuristics import classify_neurons, prompt_knockout
+    result = classify_neurons(tracer, tokenizer, answers, neurons, first_layer=1, per_layer=64)
+    result.classification.matches()          # layer, neuron, heuristic, family, score
+"""
+
+from circuitflow.heuristics.families import HeuristicSet, HeuristicSpec, digit_patterns, heuristic_set
+from circuitflow.heuristics.knockout import ablated_correct, heuristic_knockout, prompt_knockout
+from circuitflow.heuristics.matching import (
+    Classification,
+    classify,
+    match_scores,
+    neuron_activations,
+    value_logits,
+    value_set_scores,
+)
+
+__all__ = [
+    "Classification", "HeuristicSet", "HeuristicSpec", "ablated_correct", "classify", "digit_patterns",
+    "heuristic_knockout", "heuristic_set", "match_scores", "neuron_activations", "prompt_knockout", "value_logits",
+    "value_set_scores",
+]
