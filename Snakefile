@@ -17,10 +17,13 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/circuits.smk"
 include: "workflow/rules/localization.smk"
+include: "workflow/rules/heuristics.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_outputs(),
+        f"{RES}/report.html",
     default_target: True

@@ -88,6 +88,18 @@ def check_localization(config: dict, specs: dict[str, ModelSpec]) -> None:
                               f"0..{n_layers - 1}; use one of them or null (derived from the probes)")
 
 
+def check_checkpoint_steps(config: dict, specs: dict[str, ModelSpec]) -> None:
+    """``heuristics.checkpoint_steps`` must name checkpoints of every localization model that has checkpoints."""
+    steps = config["heuristics"]["checkpoint_steps"]
+    names = config["localization"]["models"]
+    for name in names if names is not None else specs:
+        have = {int(rev[4:]) for rev in specs[name].checkpoints if rev.startswith("step") and rev[4:].isdigit()}
+        missing = sorted(set(steps or ()) - have) if specs[name].checkpoints else []
+        if missing:
+            raise ConfigError(f"heuristics.checkpoint_steps: {missing} are not checkpoints of {name} (it has steps "
+                              f"{sorted(have)}); pick from those or use null for all")
+
+
 def check_prompts(config: dict, specs: dict[str, ModelSpec]) -> None:
     """Checks on ``prompts`` that need the models: answers must be single tokens, ``k`` must be reachable."""
     p = config["prompts"]
@@ -117,4 +129,5 @@ def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, d
         if unknown:
             raise ConfigError(f"{stage}.models: unknown model(s) {unknown}; use names from models: {sorted(specs)}")
     check_localization(config, specs)
+    check_checkpoint_steps(config, specs)
     return config, specs

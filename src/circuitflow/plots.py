@@ -231,3 +231,81 @@ def checkpoint_ie(table: pd.DataFrame, title: str, n_components: int = 5, value:
         ax.legend(fontsize="x-small")
     fig.suptitle(title)
     return fig
+
+
+def heuristic_summary(table: pd.DataFrame, knockout: pd.DataFrame, prompt_knockout: pd.DataFrame, title: str):
+    """Left: classified neurons implementing at least one heuristic of each family; middle: heuristic knockout,
+    accuracy on the heuristic's prompts against the random-neuron control (one point per heuristic, size ∝ neurons;
+    below the diagonal = the heuristic's neurons matter more than random ones); right: prompt knockout, accuracy
+    against the matching neurons ablated per layer, with the random control."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.8))
+    matched = table[table["matched"]]
+    counts = matched.drop_duplicates(["layer", "neuron", "family"]).groupby("family").size().sort_values()
+    n_neurons = len(table.drop_duplicates(["layer", "neuron"]))
+    n_matched = len(matched.drop_duplicates(["layer", "neuron"]))
+    left.barh(counts.index, counts.to_numpy())
+    left.set(title=f"{n_matched} of {n_neurons} neurons match a heuristic", xlabel="neurons matching the family")
+    if len(knockout):
+        middle.scatter(knockout["accuracy_random"], knockout["accuracy_associated"], s=8 + 4 * knockout["n_neurons"],
+                       alpha=0.6, label="heuristic's prompts")
+        middle.scatter(knockout["accuracy_random"], knockout["accuracy_unassociated"], s=8, alpha=0.6, marker="x",
+                       label="other prompts")
+        middle.legend(fontsize="small")
+    middle.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    middle.set(title="heuristic knockout", xlabel="accuracy, as many random neurons ablated",
+               ylabel="accuracy, heuristic's neurons ablated", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    curve = prompt_knockout.sort_values("neurons_per_layer")
+    right.plot(curve["neurons_per_layer"], curve["accuracy"], marker="o", ms=3,
+               label="neurons of the prompt's heuristics")
+    right.plot(curve["neurons_per_layer"], curve["accuracy_random"], marker="o", ms=3, ls="--", label="random neurons")
+    right.set(title="prompt knockout", xlabel="neurons ablated per layer", ylabel="accuracy", xscale="log",
+              ylim=(-0.02, 1.02))
+    right.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def heuristic_maps(maps: pd.DataFrame, title: str):
+    """Each kept neuron's last-position activation over the operand grid (op1 rows, op2 columns; blank = illegal
+    pair), titled with its best heuristic and match score."""
+    import numpy as np
+
+    neurons = maps.drop_duplicates(["layer", "neuron"])
+    n = max(len(neurons), 1)
+    cols = min(n, 3)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(3.8 * cols, 3.4 * -(-n // cols)), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    for ax, row in zip(axes.flat, neurons.itertuples(index=False)):
+        rows = maps[(maps["layer"] == row.layer) & (maps["neuron"] == row.neuron)]
+        grid = np.full((int(maps["op1"].max()) + 1, int(maps["op2"].max()) + 1), np.nan)
+        grid[rows["op1"].to_numpy(), rows["op2"].to_numpy()] = rows["activation"].to_numpy()
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set(title=f"L{row.layer} N{row.neuron}: {row.best_heuristic} ({row.best_score:.2f})", xlabel="op2",
+               ylabel="op1")
+        ax.title.set_fontsize("small")
+    fig.suptitle(title)
+    return fig
+
+
+def checkpoint_heuristics(table: pd.DataFrame, title: str):
+    """Per operator against training step: left, the share of the final model's (neuron, heuristic) matches already
+    present; right, accuracy after the prompt knockout with the most neurons per layer (solid) and with as many
+    random neurons (dashed), on the prompts each checkpoint answers correctly."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    j = table["neurons_per_layer"].max()
+    for i, (op, rows) in enumerate(table[table["neurons_per_layer"] == j].sort_values("step").groupby("operator",
+                                                                                                      sort=False)):
+        color, steps = f"C{i}", rows["step"].clip(lower=0.5)
+        left.plot(steps, rows["final_matches_present"], marker="o", ms=3, color=color, label=OP_LABELS.get(op, op))
+        right.plot(steps, rows["knockout_accuracy"], marker="o", ms=3, color=color, label=OP_LABELS.get(op, op))
+        right.plot(steps, rows["knockout_accuracy_random"], ls="--", color=color)
+    left.set(title="final heuristic matches already present", xlabel="training step (0 drawn at 0.5)",
+             ylabel="share of the final model's", xscale="log", ylim=(-0.02, 1.02))
+    right.set(title=f"prompt knockout, {j} neurons per layer (dashed: random)", xlabel="training step (0 drawn at 0.5)",
+              ylabel="accuracy on correct prompts", xscale="log", ylim=(-0.02, 1.02))
+    left.legend(title="operator", fontsize="small")
+    fig.suptitle(title)
+    return fig

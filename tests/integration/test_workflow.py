@@ -52,6 +52,10 @@ EXPECTED = [
       for f in ("ie_map", "neurons", "probes", "attention")),
     "figures/toy/paper_faithfulness.png", "figures/toy/paper_faithfulness.pdf",
     "toy/checkpoint_ie_maps.parquet", "figures/toy/checkpoint_ie.png",
+    *(f"toy/heuristics/{op}{t}.parquet" for op in ("add", "sub", "mul", "div")
+      for t in ("", "_knockout", "_prompt_knockout", "_maps")),
+    *(f"figures/toy/{f}_{op}.png" for op in ("add", "sub", "mul", "div") for f in ("heuristics", "heuristic_maps")),
+    "toy/checkpoint_heuristics.parquet", "figures/toy/checkpoint_heuristics.png", "report.html",
 ]
 
 
@@ -124,11 +128,49 @@ def test_localization_tables_are_sane(results):
         assert len(attention[["layer", "head"]].drop_duplicates()) == 2
 
 
+def test_heuristics_tables_are_sane(results):
+    for op in ("add", "sub", "mul", "div"):
+        layer = pd.read_parquet(results / "toy" / "paper_circuits" / f"{op}.parquet")["heuristics_layer"].iloc[0]
+        table = pd.read_parquet(results / "toy" / "heuristics" / f"{op}.parquet")
+        assert (table["layer"] >= layer).all() and table["score"].between(0, 1).all()
+        assert (table["matched"] == (table["score"] >= 0.6)).all()
+        assert table.groupby(["layer", "neuron"]).size().max() >= 3  # at least the 3 best heuristics per neuron
+        assert (table.groupby("layer")["neuron"].nunique() <= 16).all()  # heuristics.neurons_per_layer
+        prompt_knockout = pd.read_parquet(results / "toy" / "heuristics" / f"{op}_prompt_knockout.parquet")
+        assert prompt_knockout["neurons_per_layer"].tolist() == [1, 4]
+        assert prompt_knockout[["accuracy", "accuracy_random"]].stack().between(0, 1).all()
+        knockout = pd.read_parquet(results / "toy" / "heuristics" / f"{op}_knockout.parquet")
+        assert (knockout["n_neurons"] >= 2).all()  # heuristics.knockout_min_neurons
+        maps = pd.read_parquet(results / "toy" / "heuristics" / f"{op}_maps.parquet")
+        answers = pd.read_parquet(results / "toy" / "answers" / f"{op}.parquet")
+        assert len(maps) == len(maps[["layer", "neuron"]].drop_duplicates()) * len(answers)
+
+
+def test_checkpoint_heuristics_end_where_the_final_model_is(results):
+    steps = pd.read_parquet(results / "toy" / "checkpoint_heuristics.parquet")
+    assert sorted(steps["step"].unique()) == [0, 100, 300, 600]
+    assert set(steps["operator"]) == {"add", "sub", "mul", "div"}
+    assert len(steps) == 4 * 4 * 2  # checkpoints × operators × heuristics.knockout_neurons_per_layer
+    final = steps[steps["step"] == 600]
+    # the last checkpoint is the final model: the same neurons, the same matches, the same knockout
+    assert final["final_matches_present"].fillna(1.0).eq(1.0).all()
+    for op, rows in final.groupby("operator"):
+        own = pd.read_parquet(results / "toy" / "heuristics" / f"{op}_prompt_knockout.parquet")
+        assert rows["knockout_accuracy"].tolist() == pytest.approx(own["accuracy"].tolist(), nan_ok=True)
+
+
 def test_checkpoint_ie_maps_cover_every_checkpoint_and_operator(results):
     steps = pd.read_parquet(results / "toy" / "checkpoint_ie_maps.parquet")
     assert sorted(steps["step"].unique()) == [0, 100, 300, 600]
     assert set(steps["operator"]) == {"add", "sub", "mul", "div"}
     assert len(steps) == 4 * 4 * 2 * 5 * 4  # checkpoints × operators × layers × (heads + MLP) × positions (1 seed)
+
+
+def test_report_shows_every_figure(results):
+    text = (results / "report.html").read_text()
+    figures = sorted((results / "figures").rglob("*.png"))
+    assert text.count("data:image/png;base64,") == len(figures) > 50
+    assert all(f"<b>{png.relative_to(results / 'figures').as_posix()}</b>" in text for png in figures)
 
 
 def test_figures_are_pngs(results):

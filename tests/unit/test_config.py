@@ -55,6 +55,8 @@ def test_default_config_is_valid_and_defaults_are_filled():
         ({"circuits__methods": ["EAP-IG"]}, r"circuits.methods.0: 'EAP-IG' is not one of EAP, EAP-IG-inputs"),
         ({"localization__exact_neuron_layers": [1, 5]}, r"localization.exact_neuron_layers: \[5\] do not exist in toy"),
         ({"localization__heuristics_layer": 2}, r"localization.heuristics_layer=2: toy has layers 0..1"),
+        ({"heuristics__checkpoint_steps": [0, 7]}, r"heuristics.checkpoint_steps: \[7\] are not checkpoints of toy"),
+        ({"heuristics__threshold": 1.5}, r"heuristics.threshold: 1.5 is greater than the maximum of 1"),
     ],
 )
 def test_config_errors_name_field_and_fix(changes, message):

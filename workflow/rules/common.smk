@@ -71,6 +71,15 @@ def localization_outputs(name):
     ) + [f"{RES}/figures/{name}/paper_faithfulness.png"]
 
 
+HEURISTICS_TABLES = ("", "_knockout", "_prompt_knockout", "_maps")
+
+
+def heuristics_outputs(name):
+    return expand(f"{RES}/{name}/heuristics/{{op}}{{table}}.parquet", op=OPS, table=HEURISTICS_TABLES) + expand(
+        f"{RES}/figures/{name}/{{figure}}_{{op}}.png", figure=("heuristics", "heuristic_maps"), op=OPS
+    )
+
+
 def circuit_outputs(name):
     return expand(
         [f"{RES}/{name}/circuits/{{op}}/faithfulness.parquet", f"{RES}/{name}/circuits/{{op}}/agreement.parquet",
@@ -83,9 +92,9 @@ def all_outputs():
     for name in stage_models("circuits"):
         outputs += circuit_outputs(name)
     for name in stage_models("localization"):
-        outputs += localization_outputs(name)
+        outputs += localization_outputs(name) + heuristics_outputs(name)
         if MODELS[name].checkpoints:
-            outputs.append(f"{RES}/figures/{name}/checkpoint_ie.png")
+            outputs += [f"{RES}/figures/{name}/checkpoint_ie.png", f"{RES}/figures/{name}/checkpoint_heuristics.png"]
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

@@ -1,0 +1,93 @@
+# Heuristic neurons (paper §4–5) per localization model and operator: classification of the important neurons into
+# heuristics over the operand grid, heuristic and prompt knockouts; the figure is drawn from the tables.
+
+
+rule heuristics:
+    input:
+        handle=model_handle,
+        answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
+        neurons=f"{RES}/{{model}}/neurons/{{op}}.parquet",
+        paper_circuits=f"{RES}/{{model}}/paper_circuits/{{op}}.parquet",
+    output:
+        table=f"{RES}/{{model}}/heuristics/{{op}}.parquet",
+        knockout=f"{RES}/{{model}}/heuristics/{{op}}_knockout.parquet",
+        prompt_knockout=f"{RES}/{{model}}/heuristics/{{op}}_prompt_knockout.parquet",
+        maps=f"{RES}/{{model}}/heuristics/{{op}}_maps.parquet",
+    params:
+        heur=CFG["heuristics"],
+        seed=CFG["seed"],
+        batch_size=CFG["batch_size"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        code=code_version("heuristics", "localization", "tables", "circuits", "models"),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/heuristics/{{model}}_{{op}}.log",
+    script:
+        "../scripts/heuristics.py"
+
+
+rule plot_heuristics:
+    input:
+        table=f"{RES}/{{model}}/heuristics/{{op}}.parquet",
+        knockout=f"{RES}/{{model}}/heuristics/{{op}}_knockout.parquet",
+        prompt_knockout=f"{RES}/{{model}}/heuristics/{{op}}_prompt_knockout.parquet",
+        maps=f"{RES}/{{model}}/heuristics/{{op}}_maps.parquet",
+    output:
+        summary=report(f"{RES}/figures/{{model}}/heuristics_{{op}}.png", caption="../report/heuristics.rst",
+                       category="Heuristics"),
+        maps=report(f"{RES}/figures/{{model}}/heuristic_maps_{{op}}.png", caption="../report/heuristic_maps.rst",
+                    category="Heuristics"),
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_heuristics/{{model}}_{{op}}.log",
+    script:
+        "../scripts/plot_heuristics.py"
+
+
+rule checkpoint_heuristics:
+    input:
+        index=f"{RES}/models/{{model}}/checkpoints.json",
+        answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
+        prompts=expand(f"{RES}/{{{{model}}}}/prompts/{{op}}.parquet", op=OPS),
+        final=expand(f"{RES}/{{{{model}}}}/heuristics/{{op}}.parquet", op=OPS),
+        paper_circuits=expand(f"{RES}/{{{{model}}}}/paper_circuits/{{op}}.parquet", op=OPS),
+    output:
+        table=f"{RES}/{{model}}/checkpoint_heuristics.parquet",
+    params:
+        heur=CFG["heuristics"],
+        loc=CFG["localization"],
+        operators=OPS,
+        seed=CFG["seed"],
+        batch_size=CFG["batch_size"],
+        device=CFG["device"],
+        dtype=CFG["dtype"],
+        device_map=CFG["device_map"],
+        partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_heuristics",
+        code=code_version("heuristics", "localization", "tables", "circuits", "metrics", "models"),
+    wildcard_constraints:
+        model=alternatives(names(with_checkpoints=True)),
+    resources:
+        gpu=GPU,
+    log:
+        f"{RES}/logs/checkpoint_heuristics/{{model}}.log",
+    script:
+        "../scripts/checkpoint_heuristics.py"
+
+
+rule plot_checkpoint_heuristics:
+    input:
+        table=f"{RES}/{{model}}/checkpoint_heuristics.parquet",
+    output:
+        png=report(f"{RES}/figures/{{model}}/checkpoint_heuristics.png", caption="../report/checkpoint_heuristics.rst",
+                   category="Heuristics"),
+        pdf=f"{RES}/figures/{{model}}/checkpoint_heuristics.pdf",
+    params:
+        code=code_version("plots"),
+    log:
+        f"{RES}/logs/plot_checkpoint_heuristics/{{model}}.log",
+    script:
+        "../scripts/plot_checkpoint_heuristics.py"

@@ -1,0 +1,23 @@
+# The run's self-contained HTML report: every figure with its caption, headline tables and the config.
+
+
+rule report:
+    input:
+        figures=[path for path in all_outputs() if path.endswith(".png")],
+        accuracy=expand(f"{RES}/{{model}}/accuracy.parquet", model=names()),
+        areas=[f"{RES}/{m}/circuits/{op}/areas.parquet" for m in stage_models("circuits") for op in OPS],
+        paper_circuits=[f"{RES}/{m}/paper_circuits/{op}.parquet" for m in stage_models("localization") for op in OPS],
+        heuristics=[f"{RES}/{m}/heuristics/{op}.parquet" for m in stage_models("localization") for op in OPS],
+        prompt_knockouts=[f"{RES}/{m}/heuristics/{op}_prompt_knockout.parquet" for m in stage_models("localization")
+                          for op in OPS],
+    output:
+        html=f"{RES}/report.html",
+    params:
+        config=CFG,
+        figures_dir=f"{RES}/figures",
+        captions_dir=str(Path(workflow.basedir) / "workflow/report"),
+        code=code_version("report"),
+    log:
+        f"{RES}/logs/report/all.log",
+    script:
+        "../scripts/report.py"
