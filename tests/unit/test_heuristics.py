@@ -24,7 +24,7 @@ from circuitflow.heuristics import (
     prompt_knockout,
     value_logits,
 )
-from circuitflow.heuristics.knockout import _random_like
+from circuitflow.heuristics.knockout import random_control
 from circuitflow.models import ModelHandle, load_bridge
 from tests.conftest import save_tiny_model
 
@@ -164,12 +164,15 @@ def test_batched_knockout_equals_one_prompt_at_a_time(tracer):
     a = tracer.anatomy
     tokens = torch.randint(0, 20, (6, 5), generator=gen)
     answer_tokens = torch.randint(0, 20, (6,), generator=gen)
-    ablate = torch.rand(6, a.n_layers, a.d_mlp, generator=gen) < 0.3
-    batched = ablated_correct(tracer, tokens, answer_tokens, ablate, batch_size=4)
+    neurons = torch.tensor([[1, 7], [0, 3], [1, 0], [0, 60], [1, 33]])  # any order, both layers
+    ablate = torch.rand(6, len(neurons), generator=gen) < 0.5
+    batched = ablated_correct(tracer, tokens, answer_tokens, ablate, neurons, batch_size=4)
     for row in range(6):
         def zero(layer, tensor, hook):
             tensor = tensor.clone()
-            tensor[..., ablate[row, layer]] = 0
+            for (n_layer, neuron), off in zip(neurons.tolist(), ablate[row].tolist()):
+                if off and n_layer == layer:
+                    tensor[..., neuron] = 0
             return tensor
 
         hooks = [(la.hooks["mlp_post"], partial(zero, layer)) for layer, la in enumerate(a.layers)]
@@ -177,19 +180,19 @@ def test_batched_knockout_equals_one_prompt_at_a_time(tracer):
             logits = tracer.bridge(tokens[row : row + 1])
         assert bool(batched[row]) == bool(logits[0, -1].argmax() == answer_tokens[row])
     plain = tracer.bridge(tokens)[:, -1].argmax(-1) == answer_tokens
-    none = torch.zeros_like(ablate)
-    assert torch.equal(ablated_correct(tracer, tokens, answer_tokens, none), plain)
+    assert torch.equal(ablated_correct(tracer, tokens, answer_tokens, torch.zeros_like(ablate), neurons), plain)
 
 
-def test_random_control_matches_counts_within_the_pool_and_avoids_the_ablated():
+def test_random_control_matches_counts_per_layer_and_avoids_the_ablated():
     gen = torch.Generator().manual_seed(0)
-    ablate = torch.rand(5, 2, 40, generator=gen) < 0.2
-    pool = torch.rand(2, 40, generator=gen) < 0.7
-    pool |= ablate.any(0)
-    control = _random_like(ablate, pool, gen)
-    available = (pool[None] & ~ablate).sum(-1)
-    assert torch.equal(control.sum(-1), torch.minimum(ablate.sum(-1), available))
-    assert not (control & ablate).any() and not (control & ~pool[None]).any()
+    layer_of = torch.tensor([0] * 30 + [2] * 10)
+    selected = torch.rand(5, 40, generator=gen) < 0.3
+    control = random_control(selected, layer_of, gen)
+    for layer in (0, 2):
+        cols = layer_of == layer
+        wanted, free = selected[:, cols].sum(1), (~selected[:, cols]).sum(1)
+        assert torch.equal(control[:, cols].sum(1), torch.minimum(wanted, free))
+    assert not (control & selected).any()
 
 
 def test_prompt_knockout_ablates_the_neurons_of_each_prompts_heuristics(tracer):

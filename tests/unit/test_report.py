@@ -11,7 +11,8 @@ import pytest
 from circuitflow.report import FIGURE_KINDS, figure_kind, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+                       "RU5ErkJggg==")
 
 
 @pytest.mark.parametrize(("name", "section"), [

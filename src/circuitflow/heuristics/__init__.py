@@ -3,9 +3,10 @@ neuron implements, and what knocking those neurons out does.
 
 Worked example (a notebook; ``answers`` is an answers table of the workflow, ``neurons`` a neuron-score table)::
 
-    from circuitflow.heuristics import classify_neurons, prompt_knockout
-    result = classify_neurons(tracer, tokenizer, answers, neurons, first_layer=1, per_layer=64)
-    result.classification.matches()          # layer, neuron, heuristic, family, score
+    from circuitflow.heuristics.analysis import analyse_heuristics
+    result = analyse_heuristics(tracer, tokenizer, answers, neurons, first_layer=1, per_layer=64)
+    result.classification.query("matched")    # layer, neuron, heuristic, family, score, coverage, ...
+    result.prompt_knockout                    # accuracy when each prompt loses its heuristics' neurons
 """
 
 from circuitflow.heuristics.families import HeuristicSet, HeuristicSpec, digit_patterns, heuristic_set
