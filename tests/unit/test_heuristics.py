@@ -18,6 +18,7 @@ from circuitflow.heuristics import (
     ablated_correct,
     classify,
     digit_patterns,
+    disjoint_groups,
     heuristic_set,
     match_scores,
     neuron_activations,
@@ -59,6 +60,16 @@ def test_coverage_limits_drop_heuristics_that_match_by_chance():
     assert coverage.max() <= 0.3 and found.masks.sum(1).min() >= 5
     assert "op1_mod_0mod2" not in found.names  # half of the prompts
     assert "result_value_0" not in found.names  # one prompt: 0 + 0
+
+
+def test_heuristics_fall_into_few_groups_of_disjoint_ones():
+    op1, op2, result = grid()
+    found = heuristic_set(op1, op2, result)
+    for group in np.unique(found.groups):
+        assert found.masks[found.groups == group].sum(0).max() == 1  # no prompt in two heuristics of a group
+    assert len(np.unique(found.groups)) < len(found) / 4  # residues of a modulus, values, ranges of one width...
+    assert (disjoint_groups(np.eye(3, dtype=bool)) == 0).all()
+    assert disjoint_groups(np.ones((3, 4), dtype=bool)).tolist() == [0, 1, 2]
 
 
 def test_digit_patterns_skip_ranges_and_last_digit_alone():

@@ -9,7 +9,13 @@ Worked example (a notebook; ``answers`` is an answers table of the workflow, ``n
     result.prompt_knockout                    # accuracy when each prompt loses its heuristics' neurons
 """
 
-from circuitflow.heuristics.families import HeuristicSet, HeuristicSpec, digit_patterns, heuristic_set
+from circuitflow.heuristics.families import (
+    HeuristicSet,
+    HeuristicSpec,
+    digit_patterns,
+    disjoint_groups,
+    heuristic_set,
+)
 from circuitflow.heuristics.knockout import ablated_correct, heuristic_knockout, prompt_knockout
 from circuitflow.heuristics.matching import (
     Classification,
@@ -22,6 +28,6 @@ from circuitflow.heuristics.matching import (
 
 __all__ = [
     "Classification", "HeuristicSet", "HeuristicSpec", "ablated_correct", "classify", "digit_patterns",
-    "heuristic_knockout", "heuristic_set", "match_scores", "neuron_activations", "prompt_knockout", "value_logits",
+    "disjoint_groups", "heuristic_knockout", "heuristic_set", "match_scores", "neuron_activations", "prompt_knockout", "value_logits",
     "value_set_scores",
 ]

@@ -52,12 +52,14 @@ class HeuristicSpec:
 
 @dataclass
 class HeuristicSet:
-    """Named heuristics over P prompts: ``masks`` ``[H, P]`` (bool), with each one's ``family`` and ``kind``
-    (``operand``: ranked by activation; ``result``: by activation × direct logit)."""
+    """Named heuristics over P prompts: ``masks`` ``[H, P]`` (bool), with each one's ``family``, ``kind``
+    (``operand``: ranked by activation; ``result``: by activation × direct logit) and ``groups`` ``[H]``: heuristics
+    of one group never share a prompt (:func:`disjoint_groups`)."""
 
     names: list[str]
     families: list[str]
     masks: np.ndarray
+    groups: np.ndarray
 
     @property
     def kinds(self) -> list[str]:
@@ -65,6 +67,22 @@ class HeuristicSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def disjoint_groups(masks: np.ndarray) -> np.ndarray:
+    """``[H]``: a group id per heuristic of ``masks`` ``[H, P]`` such that heuristics of one group never share a
+    prompt (first fit, in order): the residues of one modulus, the ranges of one width and offset, the values...
+    Checking a group costs O(k) for a heuristic of k prompts, not O(P)."""
+    used: list[np.ndarray] = []
+    groups = np.empty(len(masks), dtype=np.int64)
+    for h, mask in enumerate(masks):
+        prompts = np.flatnonzero(mask)
+        group = next((g for g, taken in enumerate(used) if not taken[prompts].any()), len(used))
+        if group == len(used):
+            used.append(np.zeros(masks.shape[1], dtype=bool))
+        used[group][prompts] = True
+        groups[h] = group
+    return groups
 
 
 def _ranges(values: np.ndarray, sizes: Sequence[int], top: int) -> dict[str, np.ndarray]:
@@ -130,6 +148,7 @@ def heuristic_set(op1: np.ndarray, op2: np.ndarray, result: np.ndarray, spec: He
     kept = [(family, name.rstrip("_"), mask) for family, name, mask in candidates
             if max(spec.min_prompts, 1) <= mask.sum() <= spec.max_coverage * n]
     if not kept:
-        return HeuristicSet([], [], np.zeros((0, n), dtype=bool))
+        return HeuristicSet([], [], np.zeros((0, n), dtype=bool), np.zeros(0, dtype=np.int64))
     families, names, masks = zip(*kept)
-    return HeuristicSet(list(names), list(families), np.stack(masks))
+    masks = np.stack(masks)
+    return HeuristicSet(list(names), list(families), masks, disjoint_groups(masks))

@@ -26,7 +26,7 @@ from torch import Tensor
 from circuitflow.circuits.anatomy import probe_rows
 from circuitflow.circuits.data import indexed_token_batches
 from circuitflow.circuits.tracing import Tracer
-from circuitflow.heuristics.families import HeuristicSet, HeuristicSpec, heuristic_set
+from circuitflow.heuristics.families import HeuristicSet, HeuristicSpec, disjoint_groups, heuristic_set
 from circuitflow.localization.attention import unembedding
 
 
@@ -67,45 +67,58 @@ def constant_rows(values: Tensor, tolerance: float = 1e-5) -> Tensor:
     return spread <= tolerance * values.abs().amax(1)
 
 
-def _ranks(values: Tensor, seed: int = 0) -> Tensor:
-    """``[N, P]``: 0 for each row's largest value, 1 for the next... Ties are broken in a seeded random order, not
-    by prompt order (which would favour small operands)."""
+def ranking(values: Tensor, seed: int = 0) -> Tensor:
+    """``[N, P]``: each row's prompt indices from its largest value down. Ties are broken in a seeded random order,
+    not by prompt order (which would favour small operands)."""
     perm = torch.randperm(values.shape[1], generator=torch.Generator().manual_seed(seed)).to(values.device)
-    ranks = torch.empty_like(values, dtype=torch.long)
-    ranks[:, perm] = values[:, perm].argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-    return ranks
+    return perm[values[:, perm].argsort(dim=1, descending=True, stable=True)]
 
 
-def match_scores(values: Tensor, masks: Tensor) -> Tensor:
+def match_scores(values: Tensor, masks: Tensor, order: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
     """``[N, H]``: |top-k_h prompts by ``values[n]`` ∩ ``masks[h]``| / k_h with k_h = ``masks[h].sum()`` (> 0), for
-    ``values`` ``[N, P]`` and ``masks`` ``[H, P]`` (bool). One matmul per distinct k."""
-    ranks = _ranks(values)
+    ``values`` ``[N, P]`` and ``masks`` ``[H, P]`` (bool); ``order`` may pass ``ranking(values)``. Heuristics of
+    one group (``groups`` ``[H]``, from :func:`~circuitflow.heuristics.families.disjoint_groups` when not given)
+    never share a prompt, so a group is scored at once from each neuron's top M prompts (M = its largest k): label
+    them with their heuristic and count those within their heuristic's k — O(N·M) per group."""
+    order = ranking(values) if order is None else order
+    if groups is None:
+        groups = torch.from_numpy(disjoint_groups(masks.cpu().numpy()))
     counts = masks.sum(1)
-    out = torch.zeros(values.shape[0], masks.shape[0], device=values.device)
-    for k in counts.unique().tolist():
-        cols = (counts == k).nonzero().squeeze(1)
-        out[:, cols] = (ranks < k).float() @ masks[cols].float().T / k
+    n, p = values.shape
+    out = torch.zeros(n, masks.shape[0], device=values.device)
+    for group in groups.unique().tolist():
+        members = (groups == group).nonzero().squeeze(1).to(values.device)
+        member, prompt = masks[members].nonzero(as_tuple=True)  # each prompt at most once
+        label = torch.full((p,), len(members), dtype=torch.long, device=values.device)  # last: no heuristic
+        label[prompt] = member
+        k_of_label = torch.cat([counts[members], counts.new_zeros(1)])
+        top = int(counts[members].max())
+        labels = label[order[:, :top]]  # [N, M]: the heuristic of each top-ranked prompt
+        within = (torch.arange(top, device=values.device)[None] < k_of_label[labels]).float()
+        hits = torch.zeros(n, len(members) + 1, device=values.device).scatter_add_(1, labels, within)
+        out[:, members] = hits[:, :-1] / counts[members]
     return out.cpu()
 
 
 def value_set_scores(values: Tensor, result_index: Tensor, sizes: Sequence[int], max_count: int,
-                     min_count: int = 1) -> tuple[Tensor, Tensor]:
+                     min_count: int = 1, order: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per neuron and set size m: the score of "the result is one of the neuron's m favourite values" (those with
     the highest mean of ``values`` ``[N, P]``; ``result_index`` ``[P]`` numbers the distinct results). Returns
     ``(scores [N, len(sizes)], chosen [N, max(sizes)])`` (indices of the favourite values, best first); a set
     covering more than ``max_count`` or fewer than ``min_count`` prompts scores NaN."""
     n_values = int(result_index.max()) + 1
+    per_value = torch.bincount(result_index, minlength=n_values)
     sums = values.new_zeros(values.shape[0], n_values).index_add_(1, result_index, values)
-    means = sums / torch.bincount(result_index, minlength=n_values).clamp(min=1)
-    chosen = means.argsort(dim=1, descending=True, stable=True)[:, : max(sizes)]
-    ranks = _ranks(values)
+    chosen = (sums / per_value.clamp(min=1)).argsort(dim=1, descending=True, stable=True)[:, : max(sizes)]
+    order = ranking(values) if order is None else order
+    top_results = result_index[order[:, :max_count]]  # [N, max_count]: results of the top-ranked prompts
     scores = torch.full((values.shape[0], len(sizes)), float("nan"), device=values.device)
     for i, m in enumerate(sizes):
         if m >= n_values:
             continue
-        mask = (result_index[None, :, None] == chosen[:, None, :m]).any(-1)  # [N, P]
-        k = mask.sum(1)
-        hits = (mask & (ranks < k[:, None])).sum(1)
+        k = per_value[chosen[:, :m]].sum(1)  # prompts whose result is in the set
+        in_set = (top_results[:, :, None] == chosen[:, None, :m]).any(-1)
+        hits = (in_set & (torch.arange(top_results.shape[1], device=values.device)[None] < k[:, None])).sum(1)
         scores[:, i] = torch.where((k <= max_count) & (k >= min_count), hits / k.clamp(min=1), torch.nan)
     return scores, chosen
 
@@ -134,24 +147,28 @@ def classify(activations: Tensor, direct_logits: Tensor, neurons: Tensor, op1: n
     ``op1, op2, result`` ``[P]`` describe the prompts; the ranking runs on ``device``."""
     fixed: HeuristicSet = heuristic_set(op1, op2, result, spec)
     masks = torch.from_numpy(fixed.masks).to(device)
+    groups = torch.from_numpy(fixed.groups)
     kinds = np.array(fixed.kinds)
     values = {"operand": activations.T.double().to(device),
               "result": (activations * direct_logits).T.double().to(device)}
-    scores = torch.zeros(len(neurons), len(fixed))
-    for kind, ranking in values.items():
+    signs = (1, -1) if two_sided else (1,)
+    orders = {(kind, sign): ranking(sign * v) for kind, v in values.items() for sign in signs}
+    scores = torch.full((len(neurons), len(fixed)), -1.0)
+    for kind, v in values.items():
         cols = torch.from_numpy(np.flatnonzero(kinds == kind))
-        if len(cols):
-            scores[:, cols] = match_scores(ranking, masks[cols])
-            if two_sided:
-                scores[:, cols] = torch.maximum(scores[:, cols], match_scores(-ranking, masks[cols]))
+        for sign in signs if len(cols) else ():
+            found = match_scores(sign * v, masks[cols], orders[kind, sign], groups[cols])
+            scores[:, cols] = torch.maximum(scores[:, cols], found)
     distinct, result_index = np.unique(result, return_inverse=True)
     result_index = torch.from_numpy(result_index).to(device)
     max_count = int(spec.max_coverage * len(result))
     limits = (max_count, spec.min_prompts)
-    set_scores, chosen = value_set_scores(values["result"], result_index, spec.value_set_sizes, *limits)
+    set_scores, chosen = value_set_scores(values["result"], result_index, spec.value_set_sizes, *limits,
+                                          order=orders["result", 1])
     low_better, low_chosen = torch.zeros_like(set_scores, dtype=torch.bool), chosen
     if two_sided:
-        low_scores, low_chosen = value_set_scores(-values["result"], result_index, spec.value_set_sizes, *limits)
+        low_scores, low_chosen = value_set_scores(-values["result"], result_index, spec.value_set_sizes, *limits,
+                                                  order=orders["result", -1])
         low_better = torch.nan_to_num(low_scores, -1.0) > torch.nan_to_num(set_scores, -1.0)
         set_scores = torch.where(low_better, low_scores, set_scores)
     all_scores = torch.cat([scores, set_scores.cpu()], 1).numpy()  # [N, H + n_sizes]
