@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +55,22 @@ def write_json(obj: object, path: Path | str) -> None:
     """Write ``obj`` as indented, key-sorted JSON atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_stamps(paths) -> list[tuple[str, int, int]]:
+    """``(path, size, mtime_ns)`` of each file: what a sweep's inputs looked like."""
+    return [(str(path), os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in paths]
+
+
+@contextmanager
+def resumable_sweep(base: Path | str, key: object) -> Iterator[Path]:
+    """The folder for the finished units of a long sweep (see :func:`cached_frame`), named by a hash of ``key`` —
+    everything the units depend on (settings, code version, :func:`file_stamps` of the inputs) — so a rerun with
+    other settings or inputs never reuses them. Once the block succeeds ``base`` is removed: a completed sweep
+    leaves nothing behind."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    yield Path(base) / digest
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def cached_frame(path: Path | str, compute) -> pd.DataFrame:

@@ -1,52 +1,53 @@
 """Heuristic neurons of every chosen training checkpoint, compared with the final model's, and their prompt
 knockout: when do the heuristics appear, and when does the model start to rely on them?"""
-from pathlib import Path
-
 import pandas as pd
 import torch
 
 from circuitflow.circuits import Tracer, pair_batches
 from circuitflow.heuristics import HeuristicSpec
 from circuitflow.heuristics.analysis import classify_top_neurons, compare_to_final, knockouts
-from circuitflow.io import cached_frame, write_parquet
+from circuitflow.io import cached_frame, file_stamps, resumable_sweep, write_parquet
 from circuitflow.localization.neuron_scores import neuron_table
 from circuitflow.logs import log_to
 from circuitflow.models import load_bridge, load_tokenizer, read_handles
 from circuitflow.tables import with_labels
 
+
+def checkpoint_heuristics(handle, ops, spec, p):
+    h = p.heur
+    tracer = Tracer(load_bridge(handle, p.device, p.dtype, p.device_map))
+    tokenizer = load_tokenizer(handle)
+    parts = []
+    for op, d in ops.items():
+        neurons = neuron_table(tracer, pair_batches(d["prompts"], tokenizer, p.loc["batch_size"]), progress=False)
+        classified = classify_top_neurons(tracer, tokenizer, d["answers"], neurons, d["layer"],
+                                          h["neurons_per_layer"], spec, h["threshold"], h["two_sided"], p.batch_size)
+        _, by_prompt = knockouts(tracer, tokenizer, d["answers"], classified, h["knockout_neurons_per_layer"],
+                                 h["max_prompts"], p.seed)
+        by_prompt = by_prompt.rename(columns=dict(accuracy="knockout_accuracy",
+                                                  accuracy_random="knockout_accuracy_random"))
+        parts.append(with_labels(by_prompt, operator=op, **compare_to_final(classified, d["final"])))
+    return with_labels(pd.concat(parts, ignore_index=True), revision=handle.revision, step=handle.step)
+
+
 with log_to(snakemake.log[0]) as log:
     p, h, i = snakemake.params, snakemake.params.heur, snakemake.input
-    spec = HeuristicSpec(tuple(h["range_sizes"]), tuple(h["moduli"]), tuple(h["value_set_sizes"]), h["max_coverage"],
-                         h["min_prompts"])
+    spec = HeuristicSpec.from_config(h)
     ops = {op: dict(answers=pd.read_parquet(a), prompts=pd.read_parquet(pr), final=pd.read_parquet(f),
                     layer=int(pd.read_parquet(c)["heuristics_layer"].iloc[0]))
            for op, a, pr, f, c in zip(p.operators, i.answers, i.prompts, i.final, i.paper_circuits)}
     wanted = h["checkpoint_steps"]
-    handles = [handle for handle in read_handles(i.index) if wanted is None or handle.step in wanted]
     tables = []
-    for handle in handles:
-
-        def compute(handle=handle):
-            tracer = Tracer(load_bridge(handle, p.device, p.dtype, p.device_map))
-            tokenizer = load_tokenizer(handle)
-            parts = []
-            for op, d in ops.items():
-                batches = pair_batches(d["prompts"], tokenizer, p.loc["batch_size"])
-                neurons = neuron_table(tracer, batches, progress=False)
-                classified = classify_top_neurons(tracer, tokenizer, d["answers"], neurons, d["layer"],
-                                                  h["neurons_per_layer"], spec, h["threshold"], h["two_sided"],
-                                                  p.batch_size)
-                _, by_prompt = knockouts(tracer, tokenizer, d["answers"], classified, h["knockout_neurons_per_layer"],
-                                         h["max_prompts"], p.seed)
-                by_prompt = by_prompt.rename(columns=dict(accuracy="knockout_accuracy",
-                                                          accuracy_random="knockout_accuracy_random"))
-                parts.append(with_labels(by_prompt, operator=op, **compare_to_final(classified, d["final"])))
-            return with_labels(pd.concat(parts, ignore_index=True), revision=handle.revision, step=handle.step)
-
-        tables.append(cached_frame(Path(p.partial) / f"{handle.revision}.parquet", compute))
-        summary = tables[-1].drop_duplicates("operator").set_index("operator")["final_matches_present"].round(2)
-        log.info("%s: share of the final model's heuristic matches present %s", handle.revision, summary.to_dict())
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    write_parquet(with_labels(pd.concat(tables, ignore_index=True), model=snakemake.wildcards.model),
-                  snakemake.output.table)
+    with resumable_sweep(p.partial, dict(params=dict(p.items()), inputs=file_stamps(i))) as folder:
+        for handle in read_handles(i.index):
+            if wanted is not None and handle.step not in wanted:
+                continue
+            tables.append(cached_frame(folder / f"{handle.revision}.parquet",
+                                       lambda handle=handle: checkpoint_heuristics(handle, ops, spec, p)))
+            present = tables[-1].drop_duplicates("operator").set_index("operator")["final_matches_present"]
+            log.info("%s: share of the final model's heuristic matches present %s", handle.revision,
+                     present.round(2).to_dict())
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        write_parquet(with_labels(pd.concat(tables, ignore_index=True), model=snakemake.wildcards.model),
+                      snakemake.output.table)

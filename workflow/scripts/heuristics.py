@@ -12,8 +12,7 @@ with log_to(snakemake.log[0]) as log:
     p, h, i, o = snakemake.params, snakemake.params.heur, snakemake.input, snakemake.output
     job = load_model_job(i.handle, p.device, p.dtype, p.device_map)
     first_layer = int(pd.read_parquet(i.paper_circuits)["heuristics_layer"].iloc[0])
-    spec = HeuristicSpec(tuple(h["range_sizes"]), tuple(h["moduli"]), tuple(h["value_set_sizes"]), h["max_coverage"],
-                         h["min_prompts"])
+    spec = HeuristicSpec.from_config(h)
     result = analyse_heuristics(
         job.tracer, job.tokenizer, pd.read_parquet(i.answers), pd.read_parquet(i.neurons), first_layer,
         h["neurons_per_layer"], spec, h["threshold"], h["two_sided"], h["knockout_min_neurons"], h["max_prompts"],

@@ -1,11 +1,8 @@
 """IE maps of one model and operator, one counterfactual seed at a time (finished seeds survive an interruption)."""
-import shutil
-from pathlib import Path
-
 import pandas as pd
 
 from circuitflow.circuits.job import load_model_job
-from circuitflow.io import cached_frame, write_parquet
+from circuitflow.io import cached_frame, file_stamps, resumable_sweep, write_parquet
 from circuitflow.localization.ie_maps import counterfactual_pool, ie_map
 from circuitflow.logs import log_to
 from circuitflow.tables import with_labels
@@ -17,11 +14,11 @@ with log_to(snakemake.log[0]) as log:
     prompts = pd.read_parquet(snakemake.input.prompts)
     pool = counterfactual_pool(snakemake.input.answers)
     parts = []
-    for seed in loc["seeds"]:
-        parts.append(cached_frame(Path(p.partial) / f"seed{seed}.parquet",
-                                  lambda: ie_map(tracer, tokenizer, prompts, pool, [seed], loc["batch_size"])))
-        log.info("seed %d done", seed)
-    table = pd.concat(parts, ignore_index=True)
-    with_labels(table, model=handle.name, revision=handle.revision, operator=snakemake.wildcards.op)
-    write_parquet(table, snakemake.output.table)
-    shutil.rmtree(p.partial, ignore_errors=True)
+    with resumable_sweep(p.partial, dict(params=dict(p.items()), inputs=file_stamps(snakemake.input))) as folder:
+        for seed in loc["seeds"]:
+            parts.append(cached_frame(folder / f"seed{seed}.parquet",
+                                      lambda: ie_map(tracer, tokenizer, prompts, pool, [seed], loc["batch_size"])))
+            log.info("seed %d done", seed)
+        table = pd.concat(parts, ignore_index=True)
+        with_labels(table, model=handle.name, revision=handle.revision, operator=snakemake.wildcards.op)
+        write_parquet(table, snakemake.output.table)

@@ -28,6 +28,6 @@ from circuitflow.heuristics.matching import (
 
 __all__ = [
     "Classification", "HeuristicSet", "HeuristicSpec", "ablated_correct", "classify", "digit_patterns",
-    "disjoint_groups", "heuristic_knockout", "heuristic_set", "match_scores", "neuron_activations", "prompt_knockout", "value_logits",
-    "value_set_scores",
+    "disjoint_groups", "heuristic_knockout", "heuristic_set", "match_scores", "neuron_activations", "prompt_knockout",
+    "value_logits", "value_set_scores",
 ]

@@ -49,6 +49,12 @@ class HeuristicSpec:
     max_coverage: float = 0.3
     min_prompts: int = 5
 
+    @classmethod
+    def from_config(cls, section: dict) -> HeuristicSpec:
+        """The spec of the workflow config's ``heuristics`` section."""
+        return cls(tuple(section["range_sizes"]), tuple(section["moduli"]), tuple(section["value_set_sizes"]),
+                   section["max_coverage"], section["min_prompts"])
+
 
 @dataclass
 class HeuristicSet:

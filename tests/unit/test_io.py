@@ -1,0 +1,39 @@
+"""Atomic outputs and resumable sweeps: an interrupted sweep resumes, a changed one starts over, a finished one
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from circuitflow.io import cached_frame, file_stamps, resumable_sweep, write_parquet
+
+
+def test_resumable_sweep_resumes_only_with_the_same_key_and_cleans_up(tmp_path):
+    base, calls = tmp_path / ".partial", []
+
+    def unit(value):
+        calls.append(value)
+        return pd.DataFrame({"value": [value]})
+
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the first unit
+        with resumable_sweep(base, {"seed": 0}) as folder:
+            cached_frame(folder / "a.parquet", lambda: unit(1))
+            raise KeyboardInterrupt
+    with resumable_sweep(base, {"seed": 0}) as folder:  # same settings: the finished unit is reused
+        assert cached_frame(folder / "a.parquet", lambda: unit(2))["value"].tolist() == [1]
+    assert calls == [1] and not base.exists()  # completed: nothing left behind
+    with pytest.raises(KeyboardInterrupt):
+        with resumable_sweep(base, {"seed": 0}) as folder:
+            cached_frame(folder / "a.parquet", lambda: unit(3))
+            raise KeyboardInterrupt
+    with resumable_sweep(base, {"seed": 1}) as folder:  # other settings: computed again
+        assert cached_frame(folder / "a.parquet", lambda: unit(4))["value"].tolist() == [4]
+
+
+def test_file_stamps_change_when_an_input_is_rewritten(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pd.DataFrame({"x": [1]}), path)
+    before = file_stamps([path])
+    write_parquet(pd.DataFrame({"x": [1, 2]}), path)
+    assert file_stamps([path]) != before and file_stamps([path])[0][0] == str(path)
