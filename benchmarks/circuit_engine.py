@@ -3,15 +3,19 @@
     python benchmarks/circuit_engine.py --shape pythia-1.4b --dtype float32 --device cuda   # the issue's GPU run
     python benchmarks/circuit_engine.py --shape llama-3-8b --dtype bfloat16 --device cuda --batch 16
     python benchmarks/circuit_engine.py --shape small --device cpu                          # what CI machines can do
+    python benchmarks/circuit_engine.py --shape llama-3-8b --layers 2 --dtype bfloat16 --device cpu --threads 1 \
+        --pairs 16 --batch 16 --methods EAP circuit-evaluation                              # full width, 2 layers
 
-Builds a random model of the given shape (no download), 256 prompt pairs of 5 tokens, batch 64, and reports per
-method: wall time, peak GPU memory, the number of forward/backward passes it needs, and the ratio to the floor =
-the same passes of the plain HF model (parameters frozen, gradient w.r.t. the input embeddings).
+Builds a random model of the given shape (no download; ``--layers`` overrides its depth), 256 prompt pairs of 5
+tokens, batch 64, and reports per method: wall time, peak memory (GPU: peak allocated while the method ran; CPU:
+the process's peak RSS so far, which never decreases), the number of forward/backward passes it needs, and the
+ratio to the floor = the same passes of the plain HF model (parameters frozen, gradient w.r.t. the input embeddings).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 
@@ -19,7 +23,7 @@ import torch
 
 from circuitflow.circuits import PairBatch, Tracer, attribute, evaluate_masks
 from circuitflow.metrics import logit_diff
-from circuitflow.models import ModelHandle, load_bridge, load_hf_model
+from circuitflow.models import ModelHandle, load_bridge, load_hf_model, resolve_dtype
 
 SHAPES = {  # GPT-NeoX (Pythia) shapes, vocab 50304, rotary 0.25, parallel attention; llama-3-8b: GQA 32/8 heads
     "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024),
@@ -29,18 +33,30 @@ SHAPES = {  # GPT-NeoX (Pythia) shapes, vocab 50304, rotary 0.25, parallel atten
 }
 
 
-def build_config(shape: str):
+METHODS = ("EAP", "EAP-IG-inputs", "clean-corrupted", "EAP-IG-activations", "circuit-evaluation")
+
+
+def build_config(shape: str, layers: int | None = None):
+    """The HF config of ``shape``; ``layers`` overrides its number of layers (full width, fewer layers)."""
     from transformers import GPTNeoXConfig, LlamaConfig
 
+    sizes = SHAPES[shape] | ({} if layers is None else {"num_hidden_layers": layers})
     if shape.startswith("llama"):
-        return LlamaConfig(max_position_embeddings=64, **SHAPES[shape])
+        return LlamaConfig(max_position_embeddings=64, **sizes)
     return GPTNeoXConfig(vocab_size=50304, rotary_pct=0.25, use_parallel_residual=True, max_position_embeddings=64,
-                         **SHAPES[shape])
+                         **sizes)
 
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def peak_gib(device: str) -> float:
+    """GPU: peak allocated memory since the last reset. CPU: the process's peak RSS so far (Linux KiB; cumulative)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def timed(fn, device: str) -> tuple[float, float]:
@@ -50,8 +66,7 @@ def timed(fn, device: str) -> tuple[float, float]:
     start = time.perf_counter()
     fn()
     sync(device)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
-    return time.perf_counter() - start, peak
+    return time.perf_counter() - start, peak_gib(device)
 
 
 def main() -> None:
@@ -61,16 +76,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=None, help="override the shape's number of layers")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from circuitflow.toy import build_tokenizer
 
-    config = build_config(args.shape)
+    config = build_config(args.shape, args.layers)
     vocab = config.vocab_size
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config).save_pretrained(tmp)
+        torch.manual_seed(0)  # random weights, saved in the run dtype (half the host memory and disk in bf16)
+        AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(args.dtype)).save_pretrained(tmp)
         build_tokenizer(99).save_pretrained(tmp)
         handle = ModelHandle("bench", tmp)
         hf = load_hf_model(handle, args.device, args.dtype)
@@ -105,9 +125,15 @@ def main() -> None:
             tracer.shape.valid.shape, generator=gen) < 0.1), batches, logit_diff), 3, 0),
     }
     hf_passes(1, 1)  # warm-up
+    n_params = sum(p.numel() for p in hf.parameters())
+    print(f"{n_params / 1e9:.2f} B parameters = {n_params * hf.dtype.itemsize / 2**30:.2f} GiB per copy "
+          f"(the HF model and the bridge each hold one); {n_layers} layers, {args.dtype}, {torch.get_num_threads()} "
+          f"threads; peak before the runs {peak_gib(args.device):.2f} GiB")
     print("| method | wall s | peak GiB | passes/batch (fwd, fwd+bwd) | HF floor s | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, (fn, n_fwd, n_bwd) in runs.items():
+        if name.split(" (")[0].replace(" ", "-") not in args.methods:
+            continue
         floor, _ = timed(lambda: hf_passes(n_fwd, n_bwd), args.device)
         wall, peak = timed(fn, args.device)
         print(f"| {name} | {wall:.3f} | {peak:.2f} | {n_fwd}, {n_bwd} | {floor:.3f} | {wall / floor:.2f} |", flush=True)

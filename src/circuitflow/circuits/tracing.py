@@ -146,11 +146,14 @@ class Tracer:
             value.sum().backward()
 
         start, stop, _ = up.indices(g.n_up)
+        # upstream-major ([u, b * pos * d]), copied once: each downstream input then reads a contiguous block of rows
+        delta_up = delta[:, :, start:stop].permute(2, 0, 1, 3).reshape(stop - start, -1)
 
         def accumulate(n_before: int, cols: slice | int, grad_x: Tensor) -> None:
             hi = min(stop, n_before)
             if hi > start:
-                part = torch.einsum("bpud,bpnd->un", delta[:, :, start:hi], grad_x.to(delta.dtype))
+                grad_rows = grad_x.to(delta.dtype).permute(2, 0, 1, 3).reshape(grad_x.shape[2], -1)  # [n, b*pos*d]
+                part = delta_up[: hi - start] @ grad_rows.T
                 scores[start:hi, cols] += weight * part.float().reshape(hi - start, -1)
 
         for layer, la in enumerate(a.layers):
@@ -181,19 +184,23 @@ class Tracer:
         missing = missing.to(self.device)
         tokens = batch.clean.to(self.device).repeat(n_masks, 1)
         pos = tokens.shape[1]
-        ref = reference.expand(b, pos, g.n_up, a.d_model).repeat(n_masks, 1, 1, 1)
-        cur = torch.zeros_like(ref)  # Δ of the nodes computed so far in this run
+        # Δ of the nodes computed so far, upstream-major ([mask, u, b, pos, d]): the Δ of the first n nodes of a mask
+        # is then one contiguous block, so gathering them for a downstream input copies nothing
+        ref = reference.expand(b, pos, g.n_up, a.d_model).permute(2, 0, 1, 3)
+        cur = torch.zeros(n_masks, g.n_up, b, pos, a.d_model, dtype=reference.dtype, device=self.device)
         store: dict[str, Tensor] = {}
 
         def shift(n_before: int, cols: slice) -> Tensor | None:
             sel = missing[:, :n_before, cols]
             if not sel.any():
                 return None
-            d = cur[:, :, :n_before].unflatten(0, (n_masks, b))
-            return torch.einsum("vbpud,vun->vbpnd", d, sel.to(d.dtype)).flatten(0, 1)
+            d = cur[:, :n_before].flatten(2)  # [mask, u, b * pos * d]
+            out = torch.bmm(sel.transpose(1, 2).to(d.dtype), d)  # [mask, n, b * pos * d]
+            return out.unflatten(2, (b, pos, a.d_model)).permute(0, 2, 3, 1, 4).flatten(0, 1)
 
         def set_delta(nodes, value_fn, tensor, hook):
-            cur[:, :, nodes] = ref[:, :, nodes] - value_fn(tensor)
+            value = value_fn(tensor).unflatten(0, (n_masks, b)).permute(0, 3, 1, 2, 4)  # [mask, k, b, pos, d]
+            cur[:, nodes] = ref[nodes] - value
 
         def keep(key, tensor, hook):
             store[key] = tensor
