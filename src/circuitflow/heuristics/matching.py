@@ -38,7 +38,7 @@ def neuron_activations(tracer: Tracer, tokenizer, texts: Sequence[str], neurons:
     model's predicted next token (argmax at the last position)."""
     layers = sorted(set(neurons[:, 0].tolist()))
     names = {str(layer): tracer.anatomy.layers[layer].hooks["mlp_post"] for layer in layers}
-    slot = torch.tensor([layers.index(layer) for layer in neurons[:, 0].tolist()], dtype=torch.long)
+    slot = torch.searchsorted(torch.tensor(layers), neurons[:, 0])  # each neuron's layer among those captured
     out, predicted = torch.empty(len(texts), len(neurons)), torch.empty(len(texts), dtype=torch.long)
     for rows, tokens in indexed_token_batches(tokenizer, list(texts), batch_size):
         logits, store = tracer.capture(tokens, names)
