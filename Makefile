@@ -1,19 +1,24 @@
-# The two commands of README.md. Both create .venv (if missing) and install circuitflow into it first.
+# The two commands of README.md. Both create .venv (if missing) and install circuitflow into it first, with every
+# package at the version pinned in requirements/lock.txt (the versions CI tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+UV_VERSION := 0.13.9
 
-.PHONY: run test install
+.PHONY: run test install lock
 
 install: $(STAMP)
 
-# torch==2.13.0 first: on the project's CI machines that is a CPU wheel on disk; elsewhere it is PyPI's build.
-$(STAMP): pyproject.toml
+# torch first: on the project's CI machines requirements/torch.txt names a CPU wheel on disk; elsewhere it is PyPI's
+# build (install the build for your CUDA from pytorch.org first if you need one). The lock then constrains every
+# other package, so a new release on PyPI cannot change what a fresh install runs.
+$(STAMP): pyproject.toml $(LOCK) requirements/torch.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements/torch.txt
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,3 +26,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Move the lock forward: resolve pyproject.toml's ranges to today's releases (torch stays at requirements/torch.txt),
+# then `make test` on the new lock before committing it. tests/unit/test_lock.py checks the lock against pyproject.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile pyproject.toml --extra test --extra slurm --universal --python-version 3.11 \
+		-c requirements/torch.txt --upgrade -o $(LOCK)
+	rm -f $(STAMP)
