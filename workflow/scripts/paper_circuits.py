@@ -17,9 +17,9 @@ with log_to(snakemake.log[0]) as log:
     texts = all_pair_prompts(PromptConfig(**{"seed": 0, **p.prompts}))
     mean_tokens = token_batches(job.tokenizer, texts, 1024, batches[0].clean.shape[1])
     table = paper_faithfulness(job.tracer, batches, mean_tokens, pd.read_parquet(i.ie_maps),
-                               pd.read_parquet(i.neurons), pd.read_parquet(i.probes), loc["top_heads"],
-                               loc["heuristics_layer"], loc["probe_threshold"], loc["neurons_per_layer"],
-                               loc["random_seeds"])
+                               pd.read_parquet(i.neurons), probes=pd.read_parquet(i.probes), n_heads=loc["top_heads"],
+                               first_layer=loc["heuristics_layer"], probe_threshold=loc["probe_threshold"],
+                               ks=loc["neurons_per_layer"], random_seeds=loc["random_seeds"])
     top = table[table["circuit"] == "top"]
     log.info("heads %s, heuristics layer %d; median faithfulness by k: %s", table["heads"].iloc[0],
              table["heuristics_layer"].iloc[0], dict(zip(top["k"], top["faithfulness_median"].round(3))))

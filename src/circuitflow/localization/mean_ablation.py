@@ -3,7 +3,8 @@
 Means: for every prompt position, the mean head output ``z`` and MLP hidden activation over all operand pairs of
 all operators (legal or not). A circuit keeps a set of heads and of MLP neurons; every other head and neuron is
 replaced by its mean at every position. The paper's circuit: the top heads by IE, all neurons of the layers before
-the first heuristics layer, and the top-k neurons (by importance) of each layer from it on. Faithfulness per prompt
+the first heuristics layer, and the top-k neurons (by importance) of each layer from it on — except a layer whose
+neurons all score the same, which has no top-k and is kept whole (:func:`layer_selection`). Faithfulness per prompt
 F = (NL(C) − NL(∅)) / (NL(M) − NL(∅)) with the normalized logit NL, averaged over prompts; ∅ ablates everything.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -66,18 +68,50 @@ def ablated_metrics(tracer: Tracer, batch: PairBatch, z_mean: Tensor, post_mean:
                                                                                         ("accuracy", accuracy))}
 
 
-def paper_circuits(n_layers: int, n_heads: int, d_mlp: int, heads: Sequence[tuple[int, int]], first_layer: int,
-                   neuron_rank: Tensor, ks: Sequence[int], random_seeds: Sequence[int]) -> tuple[Tensor, Tensor, list]:
-    """Masks of the paper's circuits: for each k, the top-k neurons per layer from ``first_layer`` on (``neuron_rank``
-    ``[L, d_mlp]``: neuron indices best first) and, per seed, k random neurons per layer instead; plus the full model
-    and the empty circuit first. Returns ``(head_keep [V, L, H], neuron_keep [V, L, d_mlp], labels)``."""
-    head_keep, neuron_keep = [], []
-    labels: list[dict] = [dict(circuit="full", k=d_mlp, seed=-1), dict(circuit="empty", k=0, seed=-1)]
+class CircuitMasks(NamedTuple):
+    """V circuits: ``head_keep`` ``[V, L, H]`` and ``neuron_keep`` ``[V, L, d_mlp]`` (bool: what each keeps; the rest
+    is mean-ablated) and one label dict per circuit (``circuit, k, seed``)."""
+
+    head_keep: Tensor
+    neuron_keep: Tensor
+    labels: list[dict]
+
+
+def no_signal_layers(importance: Tensor, tolerance: float = 1e-6) -> Tensor:
+    """``[L]`` bool: layers of ``importance`` ``[L, d_mlp]`` whose neurons all score the same (within ``tolerance``
+    of the layer's largest magnitude; all zero included), so that a ranking of them is arbitrary. Example: MLP 0 of a
+    parallel-residual block at the last position reads only the ``=`` token, the same in clean and counterfactual
+    prompts, so every one of its neurons has importance exactly 0."""
+    spread = importance.amax(1) - importance.amin(1)
+    return spread <= tolerance * importance.abs().amax(1)
+
+
+def layer_selection(n_layers: int, first_layer: int, no_signal: Tensor) -> list[str]:
+    """How each layer's neurons enter the paper's circuits: ``all (before the heuristics layer)``, ``all (no
+    signal)`` (:func:`no_signal_layers`, from ``first_layer`` on) or ``top-k``.
+
+    A layer without signal is kept whole, not skipped: its importance is measured at the last position only and says
+    nothing about its neurons at the other positions (where, e.g., MLP 0 of a parallel block does the work the later
+    layers read), so mean-ablating it would remove computation the scores never judged, and any k of its neurons
+    would be an index block, not the top ones. Kept whole, it counts like the layers before the heuristics layer,
+    for the top-k and the random circuits alike."""
+    return ["all (before the heuristics layer)" if layer < first_layer else
+            "all (no signal)" if bool(no_signal[layer]) else "top-k" for layer in range(n_layers)]
+
+
+def paper_circuits(n_heads: int, heads: Sequence[tuple[int, int]], neuron_rank: Tensor, whole_layers: Tensor, *,
+                   ks: Sequence[int], random_seeds: Sequence[int]) -> CircuitMasks:
+    """Masks of the paper's circuits over ``neuron_rank`` ``[L, d_mlp]`` (each layer's neuron indices, best first):
+    the full model and the empty circuit first; then for each k the kept ``heads`` with every neuron of the
+    ``whole_layers`` ``[L]`` (bool) and the top-k neurons of each other layer, and per seed k random neurons of each
+    other layer instead."""
+    n_layers, d_mlp = neuron_rank.shape
     heads_mask = torch.zeros(n_layers, n_heads, dtype=torch.bool)
     for layer, head in heads:
         heads_mask[layer, head] = True
-    head_keep += [torch.ones_like(heads_mask), torch.zeros_like(heads_mask)]
-    neuron_keep += [torch.ones(n_layers, d_mlp, dtype=torch.bool), torch.zeros(n_layers, d_mlp, dtype=torch.bool)]
+    head_keep = [torch.ones_like(heads_mask), torch.zeros_like(heads_mask)]
+    neuron_keep = [torch.ones(n_layers, d_mlp, dtype=torch.bool), torch.zeros(n_layers, d_mlp, dtype=torch.bool)]
+    labels: list[dict] = [dict(circuit="full", k=d_mlp, seed=-1), dict(circuit="empty", k=0, seed=-1)]
     for k in ks:
         choices = [("top", -1, neuron_rank[:, :k])]
         for seed in random_seeds:
@@ -85,19 +119,20 @@ def paper_circuits(n_layers: int, n_heads: int, d_mlp: int, heads: Sequence[tupl
             choices.append(("random", seed, torch.stack([torch.randperm(d_mlp, generator=gen)[:k]
                                                          for _ in range(n_layers)])))
         for circuit, seed, chosen in choices:
-            keep = torch.zeros(n_layers, d_mlp, dtype=torch.bool)
-            keep[:first_layer] = True
-            keep[first_layer:].scatter_(1, chosen[first_layer:], True)
+            keep = torch.zeros(n_layers, d_mlp, dtype=torch.bool).scatter_(1, chosen, True)
+            keep[whole_layers] = True
             head_keep.append(heads_mask)
             neuron_keep.append(keep)
             labels.append(dict(circuit=circuit, k=int(k), seed=seed))
-    return torch.stack(head_keep), torch.stack(neuron_keep), labels
+    return CircuitMasks(torch.stack(head_keep), torch.stack(neuron_keep), labels)
 
 
 def faithfulness_table(tracer: Tracer, batches: Sequence[PairBatch], z_mean: Tensor, post_mean: Tensor,
-                       head_keep: Tensor, neuron_keep: Tensor, labels: list[dict], chunk: int = 16) -> pd.DataFrame:
+                       circuits: CircuitMasks, *, chunk: int = 16) -> pd.DataFrame:
     """Per circuit: the labels, ``faithfulness`` (the paper's mean over prompts of the per-prompt F),
-    ``faithfulness_median``, ``faithfulness_of_means`` (F of the prompt-averaged NL) and ``accuracy``."""
+    ``faithfulness_median``, ``faithfulness_of_means`` (F of the prompt-averaged NL) and ``accuracy``; ``chunk``
+    circuits per forward pass."""
+    head_keep, neuron_keep, labels = circuits
     nl_parts, acc_parts = [], []
     for batch in batches:
         per_batch_nl, per_batch_acc = [], []
@@ -126,24 +161,28 @@ def faithfulness_table(tracer: Tracer, batches: Sequence[PairBatch], z_mean: Ten
 
 
 def paper_faithfulness(tracer: Tracer, batches: Sequence[PairBatch], mean_tokens: Sequence[Tensor],
-                       ie_maps: pd.DataFrame, neurons: pd.DataFrame, probes: pd.DataFrame, n_heads: int,
+                       ie_maps: pd.DataFrame, neurons: pd.DataFrame, *, probes: pd.DataFrame, n_heads: int,
                        first_layer: int | None, probe_threshold: float, ks: Sequence[int],
                        random_seeds: Sequence[int]) -> pd.DataFrame:
     """The paper's circuits from the IE map (top ``n_heads`` heads), the neuron table (importance ranking) and the
     probes (the first heuristics layer unless ``first_layer`` is given), evaluated for every k in ``ks`` (values
     ≥ d_mlp dropped, d_mlp added) under per-position means over ``mean_tokens``. Returns
-    :func:`faithfulness_table`'s rows plus ``heads`` and ``heuristics_layer`` columns."""
+    :func:`faithfulness_table`'s rows plus ``heads``, ``heuristics_layer`` and ``layer_selection`` (per layer, how
+    its neurons enter the circuits: :func:`layer_selection`) columns."""
     a = tracer.anatomy
     z_mean, post_mean = site_means(tracer, mean_tokens)
     heads = top_heads(ie_maps, n_heads)
     first = heuristics_layer(probes, probe_threshold) if first_layer is None else first_layer
     first = min(first, a.n_layers - 1)
-    importance = torch.tensor(neurons.sort_values(["layer", "neuron"])["importance"].to_numpy())
-    rank = importance.view(a.n_layers, a.d_mlp).argsort(dim=1, descending=True)
+    importance = torch.tensor(neurons.sort_values(["layer", "neuron"])["importance"].to_numpy()).view(a.n_layers,
+                                                                                                        a.d_mlp)
+    roles = layer_selection(a.n_layers, first, no_signal_layers(importance))
+    whole = torch.tensor([role != "top-k" for role in roles])
     ks = sorted({k for k in ks if k < a.d_mlp} | {a.d_mlp})
-    head_keep, neuron_keep, labels = paper_circuits(a.n_layers, a.n_heads, a.d_mlp, heads, first, rank, ks,
-                                                    random_seeds)
-    table = faithfulness_table(tracer, batches, z_mean, post_mean, head_keep, neuron_keep, labels)
+    circuits = paper_circuits(a.n_heads, heads, importance.argsort(dim=1, descending=True), whole, ks=ks,
+                              random_seeds=random_seeds)
+    table = faithfulness_table(tracer, batches, z_mean, post_mean, circuits)
     table["heads"] = ", ".join(f"L{layer}H{head}" for layer, head in heads)
     table["heuristics_layer"] = first
+    table["layer_selection"] = "; ".join(f"L{layer} {role}" for layer, role in enumerate(roles))
     return table

@@ -1,0 +1,85 @@
+"""The paper's mean-ablation circuits: full and empty circuits are the fixed points of faithfulness, and a layer whose
+neurons carry no signal is kept whole rather than cut to an arbitrary index block."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from circuitflow.circuits import Tracer
+from circuitflow.localization.mean_ablation import (
+    CircuitMasks,
+    faithfulness_table,
+    no_signal_layers,
+    paper_circuits,
+    paper_faithfulness,
+    site_means,
+)
+from circuitflow.models import ModelHandle, load_bridge
+from tests.conftest import save_tiny_model
+from tests.unit.test_circuits import random_pairs
+
+
+@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
+def tracer(request, tmp_path_factory):
+    path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
+    return Tracer(load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64"))
+
+
+def test_mean_ablation_faithfulness_is_one_for_the_full_model_and_zero_for_the_empty_circuit(tracer):
+    a = tracer.anatomy
+    batches = [random_pairs(4, seed=4)]
+    z_mean, post_mean = site_means(tracer, [random_pairs(8, seed=5).clean, random_pairs(8, seed=6).clean])
+    rank = torch.stack([torch.randperm(a.d_mlp, generator=torch.Generator().manual_seed(0)) for _ in range(a.n_layers)])
+    whole = torch.tensor([True] + [False] * (a.n_layers - 1))
+    circuits = paper_circuits(a.n_heads, [(0, 1), (1, 2)], rank, whole, ks=[4, a.d_mlp], random_seeds=[0])
+    table = faithfulness_table(tracer, batches, z_mean, post_mean, circuits, chunk=3)
+    for column in ("faithfulness", "faithfulness_median", "faithfulness_of_means"):
+        by = table.set_index(["circuit", "k", "seed"])[column]
+        assert by[("full", a.d_mlp, -1)] == pytest.approx(1.0)
+        assert by[("empty", 0, -1)] == pytest.approx(0.0)
+    # top-k with k = d_mlp keeps every neuron: only the heads outside the circuit are ablated
+    assert circuits.neuron_keep[circuits.labels.index(dict(circuit="top", k=a.d_mlp, seed=-1))].all()
+    assert not circuits.head_keep[circuits.labels.index(dict(circuit="top", k=4, seed=-1))][0, 0]
+
+
+def test_no_signal_layers_are_the_flat_ones():
+    importance = torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [1.0, 0.0, 3.0], [1e-3, 0.0, 0.0]])
+    assert no_signal_layers(importance).tolist() == [True, True, False, False]
+
+
+def test_a_layer_without_signal_is_kept_whole_and_the_table_says_so(tracer):
+    """Planted: every layer-0 neuron has importance exactly 0 (as MLP 0 of a parallel block at the last position),
+    layer 1 a known order; the heuristics layer is 0. The top-k circuit must keep layer 0 whole and take layer 1's
+    top k, i.e. equal the hand-built circuit, and differ from taking layer 0's "top" k (an index block)."""
+    a, k = tracer.anatomy, 4
+    gen = torch.Generator().manual_seed(1)
+    signal = torch.randn(a.d_mlp, generator=gen).double()
+    importance = torch.cat([torch.zeros(a.d_mlp, dtype=torch.float64), signal])
+    neurons = pd.DataFrame(dict(layer=[0] * a.d_mlp + [1] * a.d_mlp, neuron=list(range(a.d_mlp)) * 2,
+                                importance=importance.numpy())).sample(frac=1.0, random_state=0)  # any row order
+    ie_maps = pd.DataFrame(dict(component="head", layer=[0, 1], head=[1, 2], position="last", ie_median=[2.0, 1.0]))
+    batches = [random_pairs(4, seed=4)]
+    mean_tokens = [random_pairs(8, seed=5).clean, random_pairs(8, seed=6).clean]
+    table = paper_faithfulness(tracer, batches, mean_tokens, ie_maps, neurons, probes=pd.DataFrame(), n_heads=2,
+                               first_layer=0, probe_threshold=0.8, ks=[k], random_seeds=[0])
+    assert set(table["layer_selection"]) == {"L0 all (no signal); L1 top-k"}
+
+    top_layer1 = sorted(range(a.d_mlp), key=lambda n: -float(signal[n]))[:k]  # naive top-k
+    heads = torch.zeros(a.n_layers, a.n_heads, dtype=torch.bool)
+    heads[0, 1] = heads[1, 2] = True
+    by_hand, index_block = torch.zeros(2, a.n_layers, a.d_mlp, dtype=torch.bool)
+    by_hand[0], by_hand[1, top_layer1] = True, True
+    index_block[0, :k], index_block[1, top_layer1] = True, True
+    masks = CircuitMasks(torch.stack([torch.ones_like(heads), torch.zeros_like(heads), heads, heads]),
+                         torch.stack([torch.ones_like(by_hand), torch.zeros_like(by_hand), by_hand, index_block]),
+                         [dict(circuit=c, k=k, seed=-1) for c in ("full", "empty", "by_hand", "index_block")])
+    expected = faithfulness_table(tracer, batches, *site_means(tracer, mean_tokens), masks).set_index("circuit")
+    found = table[(table["circuit"] == "top") & (table["k"] == k)]["faithfulness_of_means"].item()
+    assert found == pytest.approx(expected.loc["by_hand", "faithfulness_of_means"], abs=1e-10)
+    assert abs(found - expected.loc["index_block", "faithfulness_of_means"]) > 1e-6
+    rank = torch.stack([torch.zeros(a.d_mlp, dtype=torch.long), signal.argsort(descending=True)])
+    circuits = paper_circuits(a.n_heads, [], rank, torch.tensor([True, False]), ks=[k], random_seeds=[0, 1])
+    for keep, label in zip(circuits.neuron_keep, circuits.labels):  # random circuits keep layer 0 whole too
+        assert keep[0].all() == (label["circuit"] != "empty") and keep[1].sum() == label["k"]
