@@ -3,12 +3,13 @@ TransformerLens 4's ``TransformerBridge``.
 
 Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
 
-    from circuitflow.circuits import Tracer, attribute, faithfulness_curve, pair_batches
+    from circuitflow.circuits import Tracer, attribute, faithfulness_curve, pair_batches, to_eap_json
     from circuitflow.metrics import logit_diff
     tracer = Tracer(bridge)
     batches = pair_batches(prompts, load_tokenizer(handle), batch_size=64)   # the model's own tokenizer
     graph = attribute(bridge, batches, logit_diff, method="EAP-IG-inputs", ig_steps=5, tracer=tracer)
     curve = faithfulness_curve(bridge, graph, batches, logit_diff, tracer=tracer)
+    to_eap_json(graph, "graph.json", d_model=bridge.cfg.d_model)   # EAP-IG / MIB's JSON (from_eap_json reads it)
 """
 
 from circuitflow.circuits.agreement import agreement
@@ -30,12 +31,13 @@ from circuitflow.circuits.evaluation import (
     faithfulness_curve,
 )
 from circuitflow.circuits.graph import Graph
+from circuitflow.circuits.interop import from_eap_json, to_eap_json
 from circuitflow.circuits.neurons import neuron_attribution, post_activations
 from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer
 
 __all__ = [
     "Anatomy", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch", "PairError",
     "Tracer", "agreement", "area_scores", "attribute", "evaluate_graph", "evaluate_masks", "exact_edge_scores",
-    "faithfulness_curve", "indexed_token_batches", "neuron_attribution", "pair_batches", "post_activations",
-    "split_batches", "token_batches",
+    "faithfulness_curve", "from_eap_json", "indexed_token_batches", "neuron_attribution", "pair_batches",
+    "post_activations", "split_batches", "to_eap_json", "token_batches",
 ]

@@ -1,4 +1,4 @@
-"""The computational graph of a transformer and its circuits (``../shared/design.md`` §4).
+"""The computational graph of a transformer and its circuits (``docs/definitions.md#the-graph``).
 
 Upstream nodes (writers into the residual stream), in forward order::
 
@@ -15,14 +15,14 @@ only in sequential blocks (not in parallel GPT-NeoX/GPT-J blocks).
 
 A :class:`Graph` holds a dense ``scores[n_up, n_down]`` tensor, the ``valid`` edge mask and the ``in_graph`` circuit
 mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. Graphs save to ``.pt`` and load back,
-and export a readable ``.json``.
+export a readable ``.json``, and convert to and from EAP-IG / MIB's JSON format (:mod:`.interop`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,7 @@ class Graph:
     n_heads: int
     n_kv_heads: int
     parallel: bool
+    _: KW_ONLY
     scores: Tensor  # [n_up, n_down], float32, 0 on invalid edges
     in_graph: Tensor  # [n_up, n_down], bool
     meta: dict = field(default_factory=dict)
@@ -49,10 +50,10 @@ class Graph:
 
     # ---------------------------------------------------------------- construction and indexing
     @classmethod
-    def empty(cls, n_layers: int, n_heads: int, n_kv_heads: int, parallel: bool, meta: dict | None = None) -> Graph:
+    def empty(cls, n_layers: int, n_heads: int, n_kv_heads: int, parallel: bool, *, meta: dict | None = None) -> Graph:
         """A graph with zero scores and every valid edge in the circuit (the full model)."""
-        graph = cls(n_layers, n_heads, n_kv_heads, parallel, torch.zeros(0), torch.zeros(0, dtype=torch.bool),
-                    meta or {})
+        graph = cls(n_layers, n_heads, n_kv_heads, parallel, scores=torch.zeros(0),
+                    in_graph=torch.zeros(0, dtype=torch.bool), meta=meta or {})
         graph.scores = torch.zeros(graph.n_up, graph.n_down)
         graph.in_graph = graph.valid.clone()
         return graph
