@@ -53,11 +53,26 @@ def few_shot_prefix(op: Operator, cfg: PromptConfig, answer_max: int) -> str:
                    for (x, y), r in zip(chosen, results))
 
 
-def all_pair_prompts(cfg: PromptConfig) -> list[str]:
-    """Every ``x op y=`` with operands ``0..operand_max`` for every operator, legal or not, with the few-shot prefix
-    (the dataset of the paper's per-position means)."""
-    return [few_shot_prefix(op, cfg, cfg.operand_max) + prompt_text(op, x, y) for op in OPERATORS
-            for x in range(cfg.operand_max + 1) for y in range(cfg.operand_max + 1)]
+def prompt_prefix(prompts: pd.DataFrame) -> str:
+    """The few-shot prefix the prompt stage put before every prompt of ``prompts`` (a prompt set or answers table:
+    ``operator, op1, op2, prompt``), read back from the prompts themselves: each ``prompt`` minus its
+    ``x{op}y=``. Raises :class:`PromptError` when the rows do not share one prefix."""
+    prefixes = {text[: len(text) - len(tail)] if text.endswith(tail) else None
+                for text, tail in ((row.prompt, prompt_text(row.operator, int(row.op1), int(row.op2)))
+                                   for row in prompts.itertuples())}
+    if len(prefixes) != 1 or None in prefixes:
+        raise PromptError("prompts table: its prompts do not share one few-shot prefix before 'x op y='; rebuild it "
+                          "with the prompts rule")
+    return prefixes.pop()
+
+
+def all_pair_prompts(operand_max: int, prefix: str) -> list[str]:
+    """Every ``x op y=`` with operands ``0..operand_max`` for every operator, legal or not, behind ``prefix`` (the
+    dataset of the paper's per-position means). Give the prefix of the prompt set being evaluated
+    (:func:`prompt_prefix`): it is context every evaluated prompt shares, so its positions' means are then exactly
+    their clean activations and only the ``x op y=`` positions are ablated."""
+    return [prefix + prompt_text(op, x, y) for op in OPERATORS for x in range(operand_max + 1)
+            for y in range(operand_max + 1)]
 
 
 def tokenize_prompts(tokenizer, prompts: Sequence[str],

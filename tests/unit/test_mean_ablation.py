@@ -3,6 +3,9 @@ neurons carry no signal is kept whole rather than cut to an arbitrary index bloc
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -83,3 +86,31 @@ def test_a_layer_without_signal_is_kept_whole_and_the_table_says_so(tracer):
     circuits = paper_circuits(a.n_heads, [], rank, torch.tensor([True, False]), ks=[k], random_seeds=[0, 1])
     for keep, label in zip(circuits.neuron_keep, circuits.labels):  # random circuits keep layer 0 whole too
         assert keep[0].all() == (label["circuit"] != "empty") and keep[1].sum() == label["k"]
+
+
+def test_the_mean_dataset_carries_exactly_the_prompt_sets_few_shot_prefix(toy_handle):
+    from circuitflow.models import load_hf_model, load_tokenizer
+    from circuitflow.prompts import (PromptConfig, all_pair_prompts, build_prompt_set, few_shot_prefix, prompt_prefix,
+                                     resolve_answer_max)
+
+    tokenizer = load_tokenizer(toy_handle)
+    cfg = PromptConfig(operand_max=12, answer_max=11, k=2, few_shot=3, seed=5)  # not seed 0, not operand_max
+    prompts, _ = build_prompt_set(load_hf_model(toy_handle, "cpu"), tokenizer, "add", cfg,
+                                  resolve_answer_max(tokenizer, cfg))
+    first = prompts.iloc[0]
+    prefix = first["prompt"][: -len(f"{first['op1']}+{first['op2']}=")]  # naive: strip the question
+    assert prefix.count(";") == 3 and all(text.startswith(prefix) for text in prompts["prompt"])
+    texts = all_pair_prompts(12, prompt_prefix(prompts))
+    assert len(texts) == 4 * 13 * 13 and all(text.startswith(prefix) for text in texts)
+    assert {text[len(prefix):] for text in texts} >= {"12/0=", "0-12=", "7*7=", "3+4="}
+    assert all(int(r) <= 11 for r in re.findall(r"=(\d+);", prefix))  # the prompt stage's answer range
+    assert few_shot_prefix("add", replace(cfg, seed=0), 12) != prefix  # what the stage used to rebuild
+
+
+def test_prompt_prefix_refuses_a_table_with_mixed_prefixes():
+    from circuitflow.prompts import PromptError, prompt_prefix
+
+    table = pd.DataFrame(dict(operator="add", op1=[1, 2], op2=[3, 4], prompt=["5+5=10;1+3=", "2+4="]))
+    with pytest.raises(PromptError, match="prompts table"):
+        prompt_prefix(table)
+    assert prompt_prefix(table.iloc[:1]) == "5+5=10;"

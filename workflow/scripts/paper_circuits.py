@@ -6,15 +6,16 @@ from circuitflow.circuits.job import load_model_job
 from circuitflow.io import write_parquet
 from circuitflow.localization.mean_ablation import paper_faithfulness
 from circuitflow.logs import log_to
-from circuitflow.prompts import PromptConfig, all_pair_prompts
+from circuitflow.prompts import all_pair_prompts, prompt_prefix
 from circuitflow.tables import with_labels
 
 with log_to(snakemake.log[0]) as log:
     p, loc, i = snakemake.params, snakemake.params.loc, snakemake.input
     job = load_model_job(i.handle, p.device, p.dtype, p.device_map)
-    batches = pair_batches(pd.read_parquet(i.prompts), job.tokenizer, loc["batch_size"])
-    # means over all operand pairs of all operators, legal or not, with the prompts' own prefix and token length
-    texts = all_pair_prompts(PromptConfig(**{"seed": 0, **p.prompts}))
+    prompts = pd.read_parquet(i.prompts)
+    batches = pair_batches(prompts, job.tokenizer, loc["batch_size"])
+    # means over all operand pairs of all operators, legal or not, with the prompt set's own prefix and token length
+    texts = all_pair_prompts(p.prompts["operand_max"], prompt_prefix(prompts))
     mean_tokens = token_batches(job.tokenizer, texts, 1024, batches[0].clean.shape[1])
     table = paper_faithfulness(job.tracer, batches, mean_tokens, pd.read_parquet(i.ie_maps),
                                pd.read_parquet(i.neurons), probes=pd.read_parquet(i.probes), n_heads=loc["top_heads"],

@@ -1,11 +1,13 @@
 """The paper's circuits and their faithfulness under per-position mean ablation.
 
 Means: for every prompt position, the mean head output ``z`` and MLP hidden activation over all operand pairs of
-all operators (legal or not). A circuit keeps a set of heads and of MLP neurons; every other head and neuron is
-replaced by its mean at every position. The paper's circuit: the top heads by IE, all neurons of the layers before
-the first heuristics layer, and the top-k neurons (by importance) of each layer from it on — except a layer whose
-neurons all score the same, which has no top-k and is kept whole (:func:`layer_selection`). Faithfulness per prompt
-F = (NL(C) − NL(∅)) / (NL(M) − NL(∅)) with the normalized logit NL, averaged over prompts; ∅ ablates everything.
+all operators (legal or not), behind the prompt set's own few-shot prefix
+(:func:`circuitflow.prompts.all_pair_prompts`). A circuit keeps a set of heads and of MLP neurons; every other head
+and neuron is replaced by its mean at every position. The paper's circuit: the top heads by IE, all neurons of the
+layers before the first heuristics layer, and the top-k neurons (by importance) of each layer from it on — except a
+layer whose neurons all score the same, which has no top-k and is kept whole (:func:`layer_selection`).
+Faithfulness per prompt F = (NL(C) − NL(∅)) / (NL(M) − NL(∅)) with the normalized logit NL, averaged over prompts;
+∅ ablates everything.
 """
 
 from __future__ import annotations
