@@ -1,6 +1,6 @@
 """Edge attribution: EAP, EAP-IG (inputs, activations), clean-corrupted and exact edge patching.
 
-Definitions (``../shared/design.md`` §4), for upstream u with output z_u, downstream input x_v, metric L averaged
+Definitions (``docs/definitions.md#eap`` ff.), for upstream u with output z_u, downstream input x_v, metric L averaged
 over N examples and Δ_u = reference_u − z_u(x) (patching: z_u(x'); zero: 0; mean: μ_u):
 
 * ``EAP``: S(u→v) = (1/N) Σ_examples Σ_positions Δ_u · ∂L/∂x_v at the clean run.

@@ -1,4 +1,4 @@
-"""Circuit evaluation and faithfulness (``../shared/design.md`` §4).
+"""Circuit evaluation and faithfulness (``docs/definitions.md#circuit-evaluation`` ff.).
 
 Evaluating a circuit C: every downstream input x_v receives Σ Δ_u over the upstream nodes u whose edge u → v is
 not in C (Δ_u = reference_u − u's output in that same run), so the full graph gives the clean run and the empty
