@@ -1,4 +1,4 @@
-"""Per-example metrics on model outputs (``../shared/design.md`` §4).
+"""Per-example metrics on model outputs (``docs/definitions.md#metrics``).
 
 Every metric has the signature ``metric(logits, clean_logits, input_lengths, labels) -> [batch]``:
 ``logits`` and ``clean_logits`` are ``[batch, pos, vocab]``, ``input_lengths`` ``[batch]`` gives the number of real
