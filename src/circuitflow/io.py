@@ -1,4 +1,5 @@
-"""Atomic writes: an interrupted job never leaves a half-written output that looks finished."""
+"""Atomic writes: an interrupted job never leaves a half-written output that looks finished. Tables carry the
+provenance of the job that wrote them (:mod:`circuitflow.provenance`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+from circuitflow.provenance import PROVENANCE_KEY, current, encode
 
 
 @contextmanager
@@ -45,10 +48,21 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_parquet(frame: pd.DataFrame, path: Path | str) -> None:
-    """Write ``frame`` to parquet atomically (no index)."""
+def write_parquet(frame: pd.DataFrame, path: Path | str, provenance: dict | None = None) -> None:
+    """Write ``frame`` to parquet atomically (no index). ``provenance`` (default: the current job's record, if one
+    is registered) is stored as the key-value metadata ``circuitflow.provenance``; ``frame.attrs`` as pandas does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    record = provenance if provenance is not None else current()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {}
+    if frame.attrs:
+        extra[b"PANDAS_ATTRS"] = json.dumps(frame.attrs).encode()
+    if record is not None:
+        extra[PROVENANCE_KEY.encode()] = encode(record)
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, **extra}), tmp)
 
 
 def write_json(obj: object, path: Path | str) -> None:

@@ -37,3 +37,16 @@ def test_file_stamps_change_when_an_input_is_rewritten(tmp_path):
     before = file_stamps([path])
     write_parquet(pd.DataFrame({"x": [1, 2]}), path)
     assert file_stamps([path]) != before and file_stamps([path])[0][0] == str(path)
+
+
+def test_write_parquet_stores_provenance_and_keeps_pandas_attrs(tmp_path):
+    from circuitflow.provenance import read_provenance
+
+    frame = pd.DataFrame({"x": [1.5, 2.5]})
+    frame.attrs["prompt_config"] = {"k": 5}
+    record = {"model": "toy", "revision": "step1", "config_hash": "abc"}
+    write_parquet(frame, tmp_path / "t.parquet", provenance=record)
+    write_parquet(frame, tmp_path / "u.parquet", provenance=dict(reversed(record.items())))
+    assert read_provenance(tmp_path / "t.parquet") == record
+    assert pd.read_parquet(tmp_path / "t.parquet").attrs == {"prompt_config": {"k": 5}}
+    assert (tmp_path / "t.parquet").read_bytes() == (tmp_path / "u.parquet").read_bytes()  # canonical JSON
