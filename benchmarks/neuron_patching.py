@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import torch
+from torch import Tensor
 
 from benchmarks.circuit_engine import build_config, peak_gib, sync
 from circuitflow.circuits import PairBatch, Tracer
@@ -26,6 +27,39 @@ from circuitflow.localization.patching import (component_sites, last_position_ne
                                                site_activations)
 from circuitflow.metrics import ie
 from circuitflow.models import ModelHandle, load_bridge, resolve_dtype
+
+
+def naive_neuron_patching(tracer: Tracer, batch: PairBatch, layer: int, post_corrupt: list[Tensor],
+                          n_neurons: int) -> None:
+    """The original research code: one forward pass per neuron, patching each of the first ``n_neurons`` of
+    ``layer`` at the last position with its ``post_corrupt[layer]`` ``[b, pos, d_mlp]`` value, IE of each."""
+    clean = tracer.bridge(batch.clean)
+    for neuron in range(n_neurons):
+        def hook(tensor, hook, neuron=neuron):
+            tensor[:, -1, neuron] = post_corrupt[layer][:, -1, neuron]
+            return tensor
+
+        with tracer.bridge.hooks(fwd_hooks=[(tracer.anatomy.layers[layer].hooks["mlp_post"], hook)]):
+            ie(tracer.bridge(batch.clean), clean, batch.lengths, batch.labels)
+
+
+def ie_map_sites(n_layers: int, n_heads: int, n_sites: int | None = None) -> tuple[dict[str, Tensor], int]:
+    """(sites, number of all sites) of the IE map, every head and MLP × 4 positions; ``n_sites`` keeps that many,
+    evenly spaced."""
+    sites = component_sites(n_layers, n_heads, [1, 2, 3, 4])
+    n_all = len(sites["layer"])
+    if n_sites is not None and n_sites < n_all:
+        keep = torch.linspace(0, n_all - 1, n_sites).round().long()
+        sites = {k: v[keep] for k, v in sites.items()}
+    return sites, n_all
+
+
+def ie_map_floor(bridge, tokens: Tensor, n_sites: int, max_rows: int) -> None:
+    """The IE map's floor: plain forwards of as many stacked rows (``n_sites`` copies of ``tokens`` ``[b, pos]``) in
+    chunks of at most ``max_rows``."""
+    per_pass = max(1, max_rows // len(tokens))
+    for start in range(0, n_sites, per_pass):
+        bridge(tokens.repeat(min(per_pass, n_sites - start), 1))
 
 
 def main() -> None:
@@ -62,19 +96,9 @@ def main() -> None:
     n_ours = min(args.our_neurons or d_mlp, d_mlp)
     neuron_rows, ie_rows = (args.max_rows, args.max_rows) if args.max_rows else (8192, 4096)
     _, _, post_c = site_activations(tracer, batch.corrupt)
-    clean = bridge(batch.clean)
-
-    def naive(n_neurons: int) -> None:  # the original research code: one forward pass per neuron
-        for neuron in range(n_neurons):
-            def hook(tensor, hook, neuron=neuron):
-                tensor[:, -1, neuron] = post_c[layer][:, -1, neuron]
-                return tensor
-
-            with bridge.hooks(fwd_hooks=[(tracer.anatomy.layers[layer].hooks["mlp_post"], hook)]):
-                ie(bridge(batch.clean), clean, batch.lengths, batch.labels)
 
     def ours(n_neurons: int) -> None:  # many neurons per forward, last token only on the clean prefix's cache
-        last_position_neuron_patching(tracer, batch, layer, torch.arange(n_neurons), ie, neuron_rows)
+        last_position_neuron_patching(tracer, batch, layer, torch.arange(n_neurons), ie, max_rows=neuron_rows)
 
     def timed(fn) -> float:
         sync(args.device)
@@ -84,7 +108,8 @@ def main() -> None:
         return time.perf_counter() - start
 
     with torch.no_grad():  # each row is printed as soon as it is measured
-        t_naive = timed(lambda: naive(args.naive_neurons)) * d_mlp / args.naive_neurons
+        t_naive = timed(lambda: naive_neuron_patching(tracer, batch, layer, post_c, args.naive_neurons))
+        t_naive *= d_mlp / args.naive_neurons
         print(f"| exact patching of layer {layer} ({d_mlp} neurons), naive loop (extrapolated from "
               f"{args.naive_neurons}) | {t_naive:.2f} s |", flush=True)
         t_ours = timed(lambda: ours(n_ours))  # n_ours == d_mlp: = exact_neuron_effects(tracer, [batch], layer)
@@ -94,16 +119,11 @@ def main() -> None:
         how = "" if n_ours == d_mlp else f"; extrapolated from {n_ours}"
         print(f"| exact patching of layer {layer}, ours (vectorized{how}) | {t_ours:.2f} s ({t_naive / t_ours:.1f}x "
               f"faster) |", flush=True)
-        sites = component_sites(config.num_hidden_layers, config.num_attention_heads, [1, 2, 3, 4])
-        n_all = len(sites["layer"])
-        if args.ie_sites is not None and args.ie_sites < n_all:
-            keep = torch.linspace(0, n_all - 1, args.ie_sites).round().long()
-            sites = {k: v[keep] for k, v in sites.items()}
+        sites, n_all = ie_map_sites(config.num_hidden_layers, config.num_attention_heads, args.ie_sites)
         t_ie = timed(lambda: patch_sites(tracer, batch, sites["layer"], sites["unit"], sites["pos"], sites["kind"],
-                                         {"ie": ie}, ie_rows))
+                                         {"ie": ie}, max_rows=ie_rows))
         n_sites = len(sites["layer"])
-        t_floor = timed(lambda: [bridge(batch.clean.repeat(min(n_sites, ie_rows // 50), 1))
-                                 for _ in range(-(-n_sites // (ie_rows // 50)))])
+        t_floor = timed(lambda: ie_map_floor(bridge, batch.clean, n_sites, ie_rows))
     print(f"| IE map: {n_sites} of {n_all} sites (heads + MLPs × 4 positions) | {t_ie:.2f} s; floor (same rows, "
           f"plain forward) {t_floor:.2f} s; ratio {t_ie / t_floor:.2f} |")
     print(f"| peak memory ({'GPU allocated' if args.device.startswith('cuda') else 'process RSS'}) | "
