@@ -3,6 +3,9 @@ faithfulness, probes and attention analysis."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,11 +15,11 @@ from circuitflow.circuits.tracing import metric_values
 from circuitflow.localization.patching import component_sites, patch_sites, site_activations
 from circuitflow.metrics import ie
 from circuitflow.models import ModelHandle, load_bridge
-from tests.conftest import save_tiny_model
+from tests.conftest import TINY_ARCHS, save_tiny_model
 from tests.unit.test_circuits import random_pairs
 
 
-@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
+@pytest.fixture(scope="module", params=TINY_ARCHS)
 def tracer(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     return Tracer(load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64"))
@@ -73,14 +76,23 @@ def test_batched_component_patching_equals_one_at_a_time(tracer):
         torch.testing.assert_close(batched[s].double(), one.float().double(), rtol=1e-5, atol=1e-7)
 
 
-def test_vectorized_neuron_patching_equals_the_naive_loop(tracer):
+@pytest.mark.parametrize("prefix_cache", [False, True], ids=["full-prompt", "prefix-cache"])
+def test_vectorized_neuron_patching_equals_the_naive_loop(tracer, prefix_cache, monkeypatch):
+    """Both paths against one forward per neuron. The prefix-cache path is forced here even where the bridge
+    contract refused it: it must then be wrong (the contract's refusal was needed), and right where it was allowed."""
     from circuitflow.localization.neuron_scores import exact_neuron_effects
 
+    allowed = tracer.contract.prefix_cache
+    monkeypatch.setattr(tracer, "contract", dataclasses.replace(tracer.contract, prefix_cache=prefix_cache))
     batch = random_pairs(2, seed=3)
-    effects = exact_neuron_effects(tracer, [batch], layer=1, max_rows=50)  # [N, d_mlp]
-    for neuron in (0, 5, tracer.anatomy.d_mlp - 1):
-        one = naive_patch(tracer, batch, 1, 2, neuron, batch.clean.shape[1] - 1)
-        torch.testing.assert_close(effects[:, neuron].double(), one.float().double(), rtol=1e-5, atol=1e-7)
+    effects = exact_neuron_effects(tracer, [batch], layer=1, max_rows=50)  # [N, d_mlp], 5 or 25 neurons per pass
+    assert effects.dtype == torch.float64 and torch.isfinite(effects).all()
+    neurons = (0, 5, 24, 25, tracer.anatomy.d_mlp - 1)
+    naive = torch.stack([naive_patch(tracer, batch, 1, 2, n, batch.clean.shape[1] - 1) for n in neurons], dim=1)
+    if prefix_cache and not allowed:
+        assert (effects[:, list(neurons)] - naive).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(effects[:, list(neurons)], naive, rtol=1e-9, atol=1e-12)
 
 
 def test_mean_ablation_faithfulness_is_one_for_the_full_model_and_zero_for_the_empty_circuit(tracer):
@@ -90,9 +102,10 @@ def test_mean_ablation_faithfulness_is_one_for_the_full_model_and_zero_for_the_e
     batches = [random_pairs(4, seed=4)]
     z_mean, post_mean = site_means(tracer, [random_pairs(8, seed=5).clean, random_pairs(8, seed=6).clean])
     rank = torch.stack([torch.randperm(a.d_mlp, generator=torch.Generator().manual_seed(0)) for _ in range(a.n_layers)])
-    heads, neurons, labels = paper_circuits(a.n_layers, a.n_heads, a.d_mlp, [(0, 1), (1, 2)], 1, rank,
-                                            [4, a.d_mlp], [0])
-    table = faithfulness_table(tracer, batches, z_mean, post_mean, heads, neurons, labels, chunk=3)
+    circuits = paper_circuits(a.n_heads, [(0, 1), (1, 2)], rank, torch.tensor([True, False]), ks=[4, a.d_mlp],
+                              random_seeds=[0])
+    heads, neurons, labels = circuits
+    table = faithfulness_table(tracer, batches, z_mean, post_mean, circuits, chunk=3)
     for column in ("faithfulness", "faithfulness_median", "faithfulness_of_means"):
         by = table.set_index(["circuit", "k", "seed"])[column]
         assert by[("full", a.d_mlp, -1)] == pytest.approx(1.0)
@@ -147,5 +160,7 @@ def test_ie_map_table_on_the_toy_model(toy_handle):
     table = ie_map(tracer, tok, prompts, pool, seeds=[0, 1], progress=False)
     assert len(table) == 2 * 2 * 5 * 4  # seeds × layers × (4 heads + MLP) × positions
     assert set(table["position"]) == {"op1", "operator", "op2", "last"}
-    assert table["ie"].notna().all() and (table["n_prompts"] == 4).all()
+    values = table[["ie", "ie_median", "logit_diff_change", "logit_diff_change_median"]]
+    assert (values.dtypes == "float64").all() and np.isfinite(values.to_numpy()).all()
+    assert (table["n_prompts"] == 4).all()
     assert len(top_heads(table, 3)) == 3

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from circuitflow.models.contract import check_structure
+
 
 @dataclass
 class LayerAnatomy:
@@ -50,7 +52,9 @@ class Anatomy:
 
     @classmethod
     def from_bridge(cls, bridge) -> Anatomy:
-        """Read the anatomy of a ``TransformerBridge`` (booted without compatibility mode)."""
+        """Read the anatomy of a ``TransformerBridge`` (booted without compatibility mode; its structure is checked
+        first, :func:`circuitflow.models.contract.check_structure`)."""
+        check_structure(bridge)
         cfg = bridge.cfg
         n_heads = int(cfg.n_heads)
         n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
@@ -76,6 +80,11 @@ class Anatomy:
         return cls(n_layers=len(layers), n_heads=n_heads, n_kv_heads=n_kv, d_model=int(cfg.d_model), d_head=d_head,
                    d_mlp=int(cfg.d_mlp), parallel=bool(getattr(cfg, "parallel_attn_mlp", False)), layers=layers,
                    input_hook="blocks.0.hook_in", final_hook="ln_final.hook_in")
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Every hook the engine reads or writes."""
+        return [self.input_hook, self.final_hook, *(name for la in self.layers for name in la.hooks.values())]
 
     @property
     def group_size(self) -> int:

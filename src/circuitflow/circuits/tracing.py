@@ -26,6 +26,7 @@ from circuitflow.circuits.anatomy import Anatomy, norm_vjp, normed_shift
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.graph import Graph
 from circuitflow.metrics import Metric
+from circuitflow.models.contract import bridge_contract
 
 Intervention = Literal["patching", "zero", "mean", "mean-positional"]
 INTERVENTIONS = ("patching", "zero", "mean", "mean-positional")
@@ -45,6 +46,7 @@ class Tracer:
     def __init__(self, bridge, anatomy: Anatomy | None = None):
         self.bridge = bridge
         self.anatomy = anatomy or Anatomy.from_bridge(bridge)
+        self.contract = bridge_contract(bridge, self.anatomy.hook_names)  # raises BridgeContractError
         a = self.anatomy
         self.shape = Graph.empty(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel)
         self.device = next(bridge.parameters()).device
@@ -61,6 +63,14 @@ class Tracer:
         with self.bridge.hooks(fwd_hooks=[(hook, partial(keep, key)) for key, hook in names.items()]):
             logits = self.bridge(tokens.to(self.device))
         return logits, store
+
+    def last_logits(self, tokens: Tensor) -> Tensor:
+        """``[batch, 1, vocab]``: the logits at the last position of unpadded ``tokens`` ``[batch, pos]`` (HF's
+        ``logits_to_keep=1`` where the bridge contract found it exact: no ``[batch, pos, vocab]`` tensor)."""
+        tokens = tokens.to(self.device)
+        if self.contract.logits_to_keep:
+            return self.bridge(tokens, logits_to_keep=1)
+        return self.bridge(tokens)[:, -1:]
 
     def layer_hooks(self, role: str) -> dict[str, str]:
         """``{f"{role}{layer}": hook name}`` of one role (``z``, ``mlp_post``, ``resid_in``, ...) in every layer."""
@@ -238,9 +248,7 @@ class Tracer:
 
 
 def metric_values(metric: Metric, logits: Tensor, clean_logits: Tensor, batch: PairBatch) -> Tensor:
-    """The per-example metric of ``logits`` ``[n * batch, pos, vocab]`` as ``[n, batch]``."""
-    n = logits.shape[0] // len(batch)
-    rep = lambda t: t.to(logits.device).repeat(n, *([1] * (t.dim() - 1)))  # noqa: E731
-    values = metric(logits, rep(clean_logits), rep(batch.lengths), rep(batch.labels))
-    return values.view(n, len(batch))
+    """The per-example metric of ``logits`` ``[n * batch, pos, vocab]`` (n variants, variant-major) as ``[n, batch]``;
+    the clean side (``clean_logits`` ``[batch, pos, vocab]``) is computed once per prompt."""
+    return metric(logits, clean_logits, batch.lengths, batch.labels).view(-1, len(batch))
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from circuitflow.circuits.data import pair_batches
 from circuitflow.circuits.tracing import Tracer
 from circuitflow.localization.patching import POSITION_NAMES, component_sites, patch_sites
-from circuitflow.metrics import ie, logit_diff
+from circuitflow.metrics import ie, logit_diff, tile_rows
 from circuitflow.prompts import add_counterfactuals
 
 COUNTERFACTUAL_COLUMNS = ("corrupt_prompt", "corrupt_op1", "corrupt_op2", "corrupt_answer", "corrupt_answer_token")
@@ -37,7 +37,8 @@ def resample_counterfactuals(prompts: pd.DataFrame, pool: pd.DataFrame, seed: in
 
 
 def _logit_diff_change(logits, clean_logits, lengths, labels):
-    return logit_diff(logits, clean_logits, lengths, labels) - logit_diff(clean_logits, clean_logits, lengths, labels)
+    clean = tile_rows(logit_diff(clean_logits, clean_logits, lengths, labels), logits.shape[0])
+    return logit_diff(logits, clean_logits, lengths, labels) - clean
 
 
 def ie_map(tracer: Tracer, tokenizer, prompts: pd.DataFrame, pool: pd.DataFrame, seeds: Sequence[int],
@@ -56,7 +57,7 @@ def ie_map(tracer: Tracer, tokenizer, prompts: pd.DataFrame, pool: pd.DataFrame,
             length = batch.clean.shape[1]
             sites = component_sites(a.n_layers, a.n_heads, list(range(length - 4, length)))
             values = patch_sites(tracer, batch, sites["layer"], sites["unit"], sites["pos"], sites["kind"],
-                                 {"ie": ie, "logit_diff_change": _logit_diff_change}, max_rows)
+                                 {"ie": ie, "logit_diff_change": _logit_diff_change}, max_rows=max_rows)
             for name, v in values.items():
                 per_prompt.setdefault(name, []).append(v.double())
         stats = {}

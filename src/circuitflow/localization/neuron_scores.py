@@ -18,8 +18,8 @@ from circuitflow.metrics import ie
 
 def exact_neuron_effects(tracer: Tracer, batches: Sequence[PairBatch], layer: int,
                          max_rows: int = 8192) -> torch.Tensor:
-    """``[N, d_mlp]``: the IE of patching each neuron of ``layer`` alone at the last position (many neurons per
-    forward pass, each computing only the last token on the clean prefix's key/value cache)."""
+    """``[N, d_mlp]`` (float64): the IE of patching each neuron of ``layer`` alone at the last position (many
+    neurons per forward pass, see :func:`last_position_neuron_patching`)."""
     neurons = torch.arange(tracer.anatomy.d_mlp)
     return torch.cat([last_position_neuron_patching(tracer, batch, layer, neurons, ie, max_rows) for batch in batches])
 
@@ -28,10 +28,10 @@ def neuron_table(tracer: Tracer, batches: Sequence[PairBatch], exact_layers: Seq
                  progress: bool = True) -> pd.DataFrame:
     """One row per ``layer, neuron``: ``attribution_mean, attribution_std, importance`` (= mean + std over prompts)
     and ``exact_ie`` (mean exact patching IE; NaN for layers not in ``exact_layers``)."""
-    scores = neuron_attribution(tracer.bridge, batches, ie, tracer=tracer, progress=progress)  # [N, L, d_mlp]
+    scores = neuron_attribution(tracer.bridge, batches, ie, tracer=tracer, progress=progress).double()  # [N, L, d_mlp]
     a = tracer.anatomy
     mean, std = scores.mean(0), scores.std(0, unbiased=len(scores) > 1)
-    exact = torch.full((a.n_layers, a.d_mlp), float("nan"))
+    exact = torch.full((a.n_layers, a.d_mlp), float("nan"), dtype=torch.float64)
     for layer in exact_layers:
         if not 0 <= layer < a.n_layers:
             raise ValueError(f"exact_neuron_layers: layer {layer} does not exist (the model has {a.n_layers})")
