@@ -1,4 +1,7 @@
-"""The embedded default model: a small GPT-NeoX (Pythia architecture) trained from scratch on arithmetic.
+"""The embedded default model: a small transformer trained from scratch on arithmetic.
+
+Its architecture is the recipe's: GPT-NeoX (Pythia; the default), Llama (grouped-query attention, RMSNorm, gated MLP)
+or GPT-2 (learned positional embeddings); tokenizer, data, training and checkpoints are the same for all three.
 
 Every integer ``0..max_number`` is a single token of a word-level tokenizer, so a prompt ``"x+y="`` is 4 tokens and
 the answer is one token. The model is trained with cross-entropy on the answer token only, on batches balanced over
@@ -49,28 +52,35 @@ def build_tokenizer(max_number: int):
     )
 
 
-def build_model(recipe: ToyRecipe, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
-    """A randomly initialised ``GPTNeoXForCausalLM`` of the recipe's shape (seeded)."""
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+MAX_POSITIONS = 64
 
-    config = GPTNeoXConfig(
-        vocab_size=vocab_size,
-        hidden_size=recipe.d_model,
-        num_hidden_layers=recipe.n_layers,
-        num_attention_heads=recipe.n_heads,
-        intermediate_size=recipe.d_mlp,
-        rotary_pct=recipe.rotary_pct,
-        max_position_embeddings=64,
-        use_parallel_residual=True,
-        tie_word_embeddings=False,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-        pad_token_id=pad_id,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-    )
+
+def model_config(recipe: ToyRecipe, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    """The Hugging Face config of the recipe's architecture and shape (untied embeddings, no dropout)."""
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=False, pad_token_id=pad_id, bos_token_id=bos_id,
+                  eos_token_id=eos_id)
+    if recipe.architecture == "llama":
+        return LlamaConfig(hidden_size=recipe.d_model, num_hidden_layers=recipe.n_layers,
+                           num_attention_heads=recipe.n_heads, num_key_value_heads=recipe.n_kv_heads,
+                           intermediate_size=recipe.d_mlp, max_position_embeddings=MAX_POSITIONS, **common)
+    if recipe.architecture == "gpt2":
+        return GPT2Config(n_embd=recipe.d_model, n_layer=recipe.n_layers, n_head=recipe.n_heads, n_inner=recipe.d_mlp,
+                          n_positions=MAX_POSITIONS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    return GPTNeoXConfig(hidden_size=recipe.d_model, num_hidden_layers=recipe.n_layers,
+                         num_attention_heads=recipe.n_heads, intermediate_size=recipe.d_mlp,
+                         rotary_pct=recipe.rotary_pct, max_position_embeddings=MAX_POSITIONS,
+                         use_parallel_residual=True, attention_dropout=0.0, hidden_dropout=0.0, **common)
+
+
+def build_model(recipe: ToyRecipe, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+    """A randomly initialised causal LM of the recipe's architecture and shape (seeded)."""
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(recipe, vocab_size, pad_id, bos_id, eos_id)
     torch.manual_seed(recipe.seed)
-    return GPTNeoXForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 @dataclass
@@ -233,8 +243,8 @@ def finetune_lora(base_dir: Path, recipe: LoraRecipe, out_dir: Path) -> pd.DataF
                                                                              data.heldout_targets[op])[0])
             for op in toy.operators]
     torch.manual_seed(recipe.seed)
-    config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, target_modules=list(recipe.target_modules),
-                        lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, target_modules=list(recipe.targets(toy.architecture)),
+                        lora_dropout=0.0, bias="none", fan_in_fan_out=toy.architecture == "gpt2")
     peft_model = get_peft_model(model, config)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=recipe.lr)
     gen = torch.Generator().manual_seed(recipe.seed)

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from circuitflow.models import load_hf_model
+from circuitflow.models import ModelHandle, load_hf_model
 from circuitflow.models.lora import export_raw_lora, merge_adapter, merge_raw_lora
-from circuitflow.recipes import LoraRecipe
-from circuitflow.toy import finetune_lora
+from circuitflow.recipes import ARCHITECTURES, LORA_TARGETS, LoraRecipe
+from circuitflow.toy import finetune_lora, train_toy
+from tests.conftest import TINY_RECIPE
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(toy_handle, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lora") / "adapter"
-    table = finetune_lora(Path(toy_handle.path), LoraRecipe(steps=30, rank=4, alpha=8, lr=1e-2), out)
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def lora_toy(request, toy_handle, tmp_path_factory) -> tuple[ModelHandle, Path]:
+    """(toy handle, peft adapter dir) of each architecture; the adapter targets the architecture's own modules."""
+    root = tmp_path_factory.mktemp(f"lora_{request.param}")
+    if request.param == "gpt_neox":
+        handle = toy_handle
+    else:
+        recipe = dataclasses.replace(TINY_RECIPE, architecture=request.param, steps=60, checkpoint_steps=(0, 60))
+        train_toy(recipe, root / "checkpoints", root / "log.parquet")
+        handle = ModelHandle("toy", str(root / "checkpoints" / "step60"), "step60", "toy")
+    out = root / "adapter"
+    table = finetune_lora(Path(handle.path), LoraRecipe(steps=30, rank=4, alpha=8, lr=1e-2), out)
     assert set(table["stage"]) == {"base", "finetuned"}
-    return out
+    return handle, out
 
 
 def _logits(model) -> torch.Tensor:
@@ -27,22 +38,33 @@ def _logits(model) -> torch.Tensor:
         return model(tokens).logits
 
 
-def test_peft_merge_matches_adapter_and_raw_merge(toy_handle, adapter_dir, tmp_path):
+def test_adapter_targets_every_projection_of_the_architecture(lora_toy):
+    handle, adapter_dir = lora_toy
+    saved = set(json.loads((adapter_dir / "adapter_config.json").read_text())["target_modules"])
+    model = load_hf_model(handle, "cpu")
+    adapted = {n for n, m in model.named_modules() if n.rpartition(".")[2] in saved and hasattr(m, "weight")}
+    # every linear map of the blocks (attention and MLP projections); the unembedding is not adapted
+    linear = {n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D")}
+    assert adapted == linear - {"lm_head", "embed_out"} and len(adapted) >= 8
+
+
+def test_peft_merge_matches_adapter_and_raw_merge(lora_toy, tmp_path):
     from peft import PeftModel
 
-    with_adapter = PeftModel.from_pretrained(load_hf_model(toy_handle, "cpu"), str(adapter_dir))
+    handle, adapter_dir = lora_toy
+    with_adapter = PeftModel.from_pretrained(load_hf_model(handle, "cpu"), str(adapter_dir))
     expected = _logits(with_adapter)
-    merged_peft = merge_adapter(load_hf_model(toy_handle, "cpu"), adapter_dir)
+    merged_peft = merge_adapter(load_hf_model(handle, "cpu"), adapter_dir)
     torch.testing.assert_close(_logits(merged_peft), expected, atol=1e-4, rtol=0)
 
     raw = tmp_path / "raw.safetensors"
     scaling = export_raw_lora(adapter_dir, raw)
     assert scaling == pytest.approx(8 / 4)
-    merged_raw = merge_adapter(load_hf_model(toy_handle, "cpu"), raw, scaling=scaling)
+    merged_raw = merge_adapter(load_hf_model(handle, "cpu"), raw, scaling=scaling)
     for (name, a), (_, b) in zip(merged_peft.state_dict().items(), merged_raw.state_dict().items()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     # the adapter actually changed the model
-    assert not torch.allclose(_logits(load_hf_model(toy_handle, "cpu")), expected)
+    assert not torch.allclose(_logits(load_hf_model(handle, "cpu")), expected)
 
 
 def test_raw_merge_extra_pair_and_bias_known_numbers():

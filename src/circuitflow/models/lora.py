@@ -6,7 +6,8 @@ Two adapter formats:
   ``merge_and_unload()``, which uses the adapter's own ``lora_alpha / r`` scaling;
 - a **raw** ``.safetensors`` file with, for each adapted module ``<m>`` (a dotted module path of the HF model, an
   optional ``base_model.model.`` prefix is ignored): ``<m>.lora_A`` [r, d_in] and ``<m>.lora_B`` [d_out, r],
-  optionally a second pair ``<m>.lora_A_extra`` / ``<m>.lora_B_extra`` and a bias delta ``<m>.bias_delta`` [d_out].
+  optionally a second pair ``<m>.lora_A_extra`` / ``<m>.lora_B_extra`` and a bias delta ``<m>.bias_delta`` [d_out]
+  (also for GPT-2's ``Conv1D`` projections, whose weight is stored transposed as [d_in, d_out]).
   The merge is explicit::
 
       W <- W + scaling * B @ A + extra_scaling * B_extra @ A_extra,     b <- b + bias_delta
@@ -39,6 +40,7 @@ def merge_raw_lora(
     Raises ``ValueError`` naming the key when a module does not exist, a pair is incomplete, or shapes disagree.
     """
     import torch
+    from transformers.pytorch_utils import Conv1D
 
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -54,7 +56,9 @@ def merge_raw_lora(
         if module is None or not hasattr(module, "weight"):
             raise ValueError(f"raw LoRA module {module_name!r} is not a weight-bearing module of the base model")
         weight = module.weight
-        delta = torch.zeros(weight.shape, dtype=torch.float32)
+        transposed = isinstance(module, Conv1D)  # GPT-2 stores its projections as [d_in, d_out]
+        shape = tuple(weight.shape[::-1]) if transposed else tuple(weight.shape)
+        delta = torch.zeros(shape, dtype=torch.float32)
         for suffix, scale in (("", scaling), ("_extra", extra_scaling)):
             a, b = parts.get(f"lora_A{suffix}"), parts.get(f"lora_B{suffix}")
             if a is None and b is None:
@@ -63,12 +67,12 @@ def merge_raw_lora(
                 raise ValueError(f"raw LoRA module {module_name!r}: lora_A{suffix} and lora_B{suffix} come in pairs")
             if scale is None:
                 raise ValueError(f"raw LoRA module {module_name!r} has an _extra pair: set adapter.extra_scaling")
-            if (b.shape[0], a.shape[1]) != tuple(weight.shape) or a.shape[0] != b.shape[1]:
+            if (b.shape[0], a.shape[1]) != shape or a.shape[0] != b.shape[1]:
                 raise ValueError(f"raw LoRA module {module_name!r}: B{tuple(b.shape)} @ A{tuple(a.shape)} does not "
-                                 f"match the weight {tuple(weight.shape)}")
+                                 f"match the weight [d_out, d_in] = {shape}")
             delta += scale * (b.float() @ a.float())
         with torch.no_grad():
-            weight += delta.to(weight.dtype)
+            weight += (delta.T if transposed else delta).to(weight.dtype)
             if "bias_delta" in parts:
                 if module.bias is None or module.bias.shape != parts["bias_delta"].shape:
                     raise ValueError(f"raw LoRA module {module_name!r}: bias_delta does not match the module's bias")
