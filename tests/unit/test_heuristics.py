@@ -23,6 +23,8 @@ from circuitflow.heuristics import (
     match_scores,
     neuron_activations,
     prompt_knockout,
+    scorer,
+    split_halves,
     value_logits,
 )
 from circuitflow.heuristics.knockout import random_control
@@ -30,8 +32,8 @@ from circuitflow.models import ModelHandle, load_bridge
 from tests.conftest import save_tiny_model
 
 
-def grid(op: str = "add", top: int = 40):
-    pairs = legal_pairs(op, top, top)
+def grid(op: str = "add", top: int = 40, answer_max: int | None = None):
+    pairs = legal_pairs(op, top, top if answer_max is None else answer_max)
     return pairs[:, 0], pairs[:, 1], answers(op, pairs[:, 0], pairs[:, 1])
 
 
@@ -142,6 +144,75 @@ def test_constant_neurons_are_not_classified_and_two_sided_finds_negative_firing
     assert "op2_range_[20,30)" in set(two_sided.matches()["heuristic"])
 
 
+def test_split_halves_is_seeded_and_stratified_by_result():
+    result_index = torch.from_numpy(np.unique(grid("mul", 30)[2], return_inverse=True)[1])
+    choose = split_halves(result_index, seed=3)
+    assert torch.equal(choose, split_halves(result_index, seed=3))
+    assert not torch.equal(choose, split_halves(result_index, seed=4))
+    for value in result_index.unique():
+        members = choose[result_index == value]
+        assert abs(int(members.sum()) - int((~members).sum())) <= 1  # each result's prompts alternate
+    assert abs(int(choose.sum()) - len(choose) / 2) < 0.1 * len(choose)
+
+
+def naive_held_out_set(values: np.ndarray, result: np.ndarray, choose: np.ndarray, m: int, spec: HeuristicSpec):
+    """(favourite values chosen by mean on the ``choose`` prompts, their score on the other prompts, chance level)."""
+    means = {v: values[choose & (result == v)].mean() for v in np.unique(result[choose])}
+    favourites = sorted(means, key=lambda v: -means[v])[:m]
+    held_values, held_in_set = values[~choose], np.isin(result[~choose], favourites)
+    k, total = int(held_in_set.sum()), int(np.isin(result, favourites).sum())
+    if not (spec.min_prompts <= total <= int(spec.max_coverage * len(result))) or k == 0:
+        return favourites, np.nan, np.nan
+    return favourites, held_in_set[np.argsort(-held_values)[:k]].mean(), held_in_set.mean()
+
+
+def naive_in_sample_set(values: np.ndarray, result: np.ndarray, m: int, spec: HeuristicSpec) -> float:
+    """The old way: favourites chosen and scored on the same prompts."""
+    return naive_held_out_set(np.concatenate([values, values]), np.concatenate([result, result]),
+                              np.arange(2 * len(values)) < len(values), m, spec)[1]
+
+
+def test_favourite_sets_are_chosen_on_other_prompts_than_they_are_scored_on():
+    """Noise neurons on a grid with many rare results: chosen and scored on the same prompts their favourite sets
+    score ~25 times chance; chosen on one half and scored on the other, chance (and equal to a naive computation)."""
+    op1, op2, result = grid("mul", 30, 900)  # 961 prompts, 309 distinct results
+    noise = torch.randn(len(result), 40, generator=torch.Generator().manual_seed(0))
+    spec = HeuristicSpec()
+    score = scorer(op1, op2, result, spec, seed=1)
+    observed, favourites = score.scores(noise, torch.ones_like(noise))
+    choose, distinct = score.choose.numpy(), np.unique(result)
+    held_out, chance, in_sample = [], [], []
+    for n in range(noise.shape[1]):
+        values = noise[:, n].double().numpy()
+        for i, m in enumerate(spec.value_set_sizes):
+            chosen, found, level = naive_held_out_set(values, result, choose, m, spec)
+            assert sorted(distinct[favourites[n, i, :m].numpy()]) == sorted(chosen)
+            assert float(observed[n, len(score.fixed) + i]) == pytest.approx(found, nan_ok=True)
+            held_out.append(found)
+            chance.append(level)
+            in_sample.append(naive_in_sample_set(values, result, m, spec))
+    assert np.nanmean(in_sample) > 10 * np.nanmean(chance)  # the old way: matched by construction
+    assert np.nanmean(held_out) < 2 * np.nanmean(chance) and np.nanmax(held_out) < 0.6
+
+
+def test_a_planted_heuristic_beats_its_permutation_null_and_noise_does_not():
+    op1, op2, result = grid()
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.cat([planted(op1, op2, result, gen)[:, :3], torch.randn(len(op1), 20, generator=gen)], 1)
+    neurons = torch.stack([torch.ones(23, dtype=torch.long), torch.arange(23)], 1)
+    found = classify(acts, torch.ones_like(acts), neurons, op1, op2, result, null_permutations=19, seed=0)
+    best = found.table.sort_values("score", ascending=False).drop_duplicates("neuron").set_index("neuron").sort_index()
+    assert best.loc[:2, "beats_null"].all() and best.loc[:2, "p_value"].tolist() == pytest.approx([1 / 20] * 3)
+    assert best.loc[:2, "heuristic"].tolist() == ["op1_range_[20,30)", "result_mod_3mod7", "result_set_{6,30}"]
+    noise = best.loc[3:]
+    assert (noise["score"] > noise["coverage"]).all()  # the best of many heuristics beats a random ranking...
+    assert noise["beats_null"].mean() <= 0.25  # ...but not the shuffles (~5% by chance)
+    assert noise["score"].mean() < noise["null_best"].mean()
+    assert ((found.table["p_value"] > 0) & (found.table["p_value"] <= 1)).all()
+    unchecked = classify(acts, torch.ones_like(acts), neurons, op1, op2, result, null_permutations=0)
+    assert unchecked.table["p_value"].isna().all() and not unchecked.table["beats_null"].any()
+
+
 @pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
 def tracer(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
@@ -212,7 +283,8 @@ def test_prompt_knockout_ablates_the_neurons_of_each_prompts_heuristics(tracer):
     masks = {"h0": np.array([True, True, False, False]), "h1": np.array([False, True, True, False])}
     matches = pd.DataFrame(dict(layer=[1, 1, 1], neuron=[3, 4, 5], heuristic=["h0", "h0", "h1"]))
     classified = pd.DataFrame(dict(layer=[1] * 10, neuron=list(range(10))))
-    table = prompt_knockout(tracer, tokens, answer_tokens, masks, matches, classified, [1, 2, 3], seed=0)
+    table = prompt_knockout(tracer, tokens, answer_tokens, masks, matches=matches, classified=classified,
+                            per_layer=[1, 2, 3], seed=0)
     # prompt 0: neurons 3, 4 (h0); 1: 3, 4, 5; 2: 5; 3: none -> at most j per layer
     expected = [np.mean([1, 1, 1, 0]), np.mean([2, 2, 1, 0]), np.mean([2, 3, 1, 0])]
     assert table["neurons_ablated"].tolist() == pytest.approx(expected)
@@ -237,17 +309,19 @@ def test_the_stage_on_the_toy_model_and_its_untrained_checkpoint(toy_handle, toy
 
     tracer, tokenizer, answers, neurons = toy_inputs(toy_handle)
     spec = HeuristicSpec(range_sizes=(4,), moduli=(2, 3), min_prompts=3)
-    result = analyse_heuristics(tracer, tokenizer, answers, neurons, 1, 8, spec, min_neurons=1, max_prompts=20,
+    result = analyse_heuristics(tracer, tokenizer, answers, neurons, 1, 8, spec=spec, min_neurons=1, max_prompts=20,
                                 knockout_per_layer=[1, 3], map_neurons=2)
     table = result.classification
     assert set(table["layer"]) == {1} and table["neuron"].nunique() <= 8 and table["rank"].between(0, 7).all()
     assert len(result.maps) == 2 * len(answers) and result.prompt_knockout["neurons_per_layer"].tolist() == [1, 3]
     assert (result.heuristic_knockout["n_prompts"] <= 20).all()
-    again = classify_top_neurons(tracer, tokenizer, answers, neurons, 1, 8, spec)
+    again = classify_top_neurons(tracer, tokenizer, answers, neurons, 1, 8, spec=spec)
     assert compare_to_final(again, table)["final_matches_present"] in (1.0, pytest.approx(float("nan"), nan_ok=True))
     assert (again.correct == answers["correct"].to_numpy()).all()  # the bridge predicts what the HF model does
     untrained = ModelHandle("toy", str(toy_dir / "checkpoints" / "step0"), "step0", "toy")
-    step0 = classify_top_neurons(Tracer(load_bridge(untrained, device="cpu")), tokenizer, answers, neurons, 1, 8, spec)
+    step0 = classify_top_neurons(Tracer(load_bridge(untrained, device="cpu")), tokenizer, answers, neurons, 1, 8,
+                                 spec=spec)
     step0.correct[:] = False  # as an early checkpoint that answers nothing: empty knockouts, not an error
-    by_heuristic, by_prompt = knockouts(tracer, tokenizer, answers, step0, [1, 3], 20, 0, min_neurons=1)
+    by_heuristic, by_prompt = knockouts(tracer, tokenizer, answers, step0, per_layer=[1, 3], max_prompts=20, seed=0,
+                                        min_neurons=1)
     assert by_heuristic.empty and by_prompt["n_prompts"].eq(0).all() and by_prompt["accuracy"].isna().all()

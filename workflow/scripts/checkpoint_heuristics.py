@@ -21,9 +21,11 @@ def checkpoint_heuristics(handle, ops, spec, p):
     for op, d in ops.items():
         neurons = neuron_table(tracer, pair_batches(d["prompts"], tokenizer, p.loc["batch_size"]), progress=False)
         classified = classify_top_neurons(tracer, tokenizer, d["answers"], neurons, d["layer"],
-                                          h["neurons_per_layer"], spec, h["threshold"], h["two_sided"], p.batch_size)
-        _, by_prompt = knockouts(tracer, tokenizer, d["answers"], classified, h["knockout_neurons_per_layer"],
-                                 h["max_prompts"], p.seed)
+                                          h["neurons_per_layer"], spec=spec, threshold=h["threshold"],
+                                          two_sided=h["two_sided"], null_permutations=0, seed=p.seed,
+                                          batch_size=p.batch_size)
+        _, by_prompt = knockouts(tracer, tokenizer, d["answers"], classified, per_layer=h["knockout_neurons_per_layer"],
+                                 max_prompts=h["max_prompts"], seed=p.seed)
         by_prompt = by_prompt.rename(columns=dict(accuracy="knockout_accuracy",
                                                   accuracy_random="knockout_accuracy_random"))
         parts.append(with_labels(by_prompt, operator=op, **compare_to_final(classified, d["final"])))

@@ -15,8 +15,10 @@ with log_to(snakemake.log[0]) as log:
     spec = HeuristicSpec.from_config(h)
     result = analyse_heuristics(
         job.tracer, job.tokenizer, pd.read_parquet(i.answers), pd.read_parquet(i.neurons), first_layer,
-        h["neurons_per_layer"], spec, h["threshold"], h["two_sided"], h["knockout_min_neurons"], h["max_prompts"],
-        h["knockout_neurons_per_layer"], h["map_neurons"], p.seed, p.batch_size)
+        h["neurons_per_layer"], spec=spec, threshold=h["threshold"], two_sided=h["two_sided"],
+        min_neurons=h["knockout_min_neurons"], max_prompts=h["max_prompts"],
+        knockout_per_layer=h["knockout_neurons_per_layer"], map_neurons=h["map_neurons"], seed=p.seed,
+        batch_size=p.batch_size)
     matched = result.classification[result.classification["matched"]]
     log.info("heuristics layer %d: %d of %d classified neurons implement a heuristic; by family: %s", first_layer,
              matched[["layer", "neuron"]].drop_duplicates().shape[0],

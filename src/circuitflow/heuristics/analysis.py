@@ -57,10 +57,12 @@ def top_neurons(neurons: pd.DataFrame, first_layer: int, per_layer: int) -> pd.D
 
 
 def classify_top_neurons(tracer: Tracer, tokenizer, answers: pd.DataFrame, neurons: pd.DataFrame, first_layer: int,
-                         per_layer: int, spec: HeuristicSpec = HeuristicSpec(), threshold: float = 0.6,
-                         two_sided: bool = False, batch_size: int = 512) -> Classified:
+                         per_layer: int, *, spec: HeuristicSpec = HeuristicSpec(), threshold: float = 0.6,
+                         two_sided: bool = False, null_permutations: int = 20, seed: int = 0,
+                         batch_size: int = 512) -> Classified:
     """Classify the top ``per_layer`` neurons per layer from ``first_layer`` on over every legal prompt of one
-    operator (``answers``: ``op1, op2, answer, answer_token, prompt``)."""
+    operator (``answers``: ``op1, op2, answer, answer_token, prompt``); the rest as for
+    :func:`~circuitflow.heuristics.matching.classify`."""
     if answers.empty:
         raise HeuristicsError("the answers table is empty: no legal prompt to classify neurons on")
     chosen = top_neurons(neurons, first_layer, per_layer)
@@ -70,7 +72,8 @@ def classify_top_neurons(tracer: Tracer, tokenizer, answers: pd.DataFrame, neuro
     tokens, token_index = np.unique(answer_tokens, return_inverse=True)
     direct = value_logits(tracer, ids, torch.from_numpy(tokens))[:, torch.from_numpy(token_index)].T  # [P, N]
     op1, op2, result = (answers[c].to_numpy() for c in ("op1", "op2", "answer"))
-    found = classify(activations, direct, ids, op1, op2, result, spec, threshold, two_sided, device=tracer.device)
+    found = classify(activations, direct, ids, op1, op2, result, spec=spec, threshold=threshold, two_sided=two_sided,
+                     null_permutations=null_permutations, seed=seed, device=tracer.device)
     return Classified(chosen, found, activations, predicted.numpy() == answer_tokens)
 
 
@@ -88,7 +91,7 @@ def _knockout_prompts(tokenizer, answers: pd.DataFrame, classified: Classified) 
     return torch.tensor(ids, dtype=torch.long), answer_tokens, masks
 
 
-def knockouts(tracer: Tracer, tokenizer, answers: pd.DataFrame, classified: Classified, per_layer: Sequence[int],
+def knockouts(tracer: Tracer, tokenizer, answers: pd.DataFrame, classified: Classified, *, per_layer: Sequence[int],
               max_prompts: int, seed: int, min_neurons: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(heuristic knockout, prompt knockout) on the correctly answered prompts (at most ``max_prompts`` drawn with
     ``seed`` per condition); the heuristic knockout only when ``min_neurons`` is given. Empty tables when the model
@@ -97,15 +100,16 @@ def knockouts(tracer: Tracer, tokenizer, answers: pd.DataFrame, classified: Clas
     matches = classified.found.matches().merge(classified.chosen, on=["layer", "neuron"])
     by_heuristic = pd.DataFrame()
     if min_neurons is not None and len(tokens):
-        by_heuristic = heuristic_knockout(tracer, tokens, answer_tokens, masks, matches, classified.chosen,
-                                          min_neurons, max_prompts, seed)
+        by_heuristic = heuristic_knockout(tracer, tokens, answer_tokens, masks, matches=matches,
+                                          classified=classified.chosen, min_neurons=min_neurons,
+                                          max_prompts=max_prompts, seed=seed)
     if not len(tokens) or matches.empty:
         return by_heuristic, pd.DataFrame(dict(neurons_per_layer=list(per_layer), accuracy=np.nan,
                                                accuracy_random=np.nan, neurons_ablated=0.0, n_prompts=len(tokens)))
     sample = torch.from_numpy(np.sort(np.random.default_rng(seed).permutation(len(tokens))[:max_prompts]))
     by_prompt = prompt_knockout(tracer, tokens[sample], answer_tokens[sample],
-                                {name: mask[sample.numpy()] for name, mask in masks.items()}, matches,
-                                classified.chosen, per_layer, seed)
+                                {name: mask[sample.numpy()] for name, mask in masks.items()}, matches=matches,
+                                classified=classified.chosen, per_layer=per_layer, seed=seed)
     return by_heuristic, by_prompt
 
 
@@ -127,18 +131,19 @@ def activation_maps(answers: pd.DataFrame, classified: Classified, n_neurons: in
 
 
 def analyse_heuristics(tracer: Tracer, tokenizer, answers: pd.DataFrame, neurons: pd.DataFrame, first_layer: int,
-                       per_layer: int, spec: HeuristicSpec = HeuristicSpec(), threshold: float = 0.6,
-                       two_sided: bool = False, min_neurons: int = 3, max_prompts: int = 200,
-                       knockout_per_layer: Sequence[int] = (1, 2, 5, 10), map_neurons: int = 6, seed: int = 0,
-                       batch_size: int = 512) -> HeuristicsResult:
+                       per_layer: int, *, spec: HeuristicSpec = HeuristicSpec(), threshold: float = 0.6,
+                       two_sided: bool = False, null_permutations: int = 20, min_neurons: int = 3,
+                       max_prompts: int = 200, knockout_per_layer: Sequence[int] = (1, 2, 5, 10), map_neurons: int = 6,
+                       seed: int = 0, batch_size: int = 512) -> HeuristicsResult:
     """The whole stage for one model and operator: :func:`classify_top_neurons`, :func:`knockouts` and
     :func:`activation_maps`."""
-    classified = classify_top_neurons(tracer, tokenizer, answers, neurons, first_layer, per_layer, spec, threshold,
-                                      two_sided, batch_size)
+    classified = classify_top_neurons(tracer, tokenizer, answers, neurons, first_layer, per_layer, spec=spec,
+                                      threshold=threshold, two_sided=two_sided, null_permutations=null_permutations,
+                                      seed=seed, batch_size=batch_size)
     if not classified.correct.any():
         raise HeuristicsError("the model answers no prompt of this operator correctly: nothing to knock out")
-    by_heuristic, by_prompt = knockouts(tracer, tokenizer, answers, classified, knockout_per_layer, max_prompts, seed,
-                                        min_neurons)
+    by_heuristic, by_prompt = knockouts(tracer, tokenizer, answers, classified, per_layer=knockout_per_layer,
+                                        max_prompts=max_prompts, seed=seed, min_neurons=min_neurons)
     return HeuristicsResult(classified.table, by_heuristic, by_prompt,
                             activation_maps(answers, classified, map_neurons))
 

@@ -29,7 +29,7 @@ from circuitflow.circuits.tracing import Tracer
 
 
 @torch.no_grad()
-def ablated_correct(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, ablate: Tensor, neurons: Tensor,
+def ablated_correct(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, ablate: Tensor, neurons: Tensor, *,
                     batch_size: int = 512) -> Tensor:
     """``[R]`` bool: whether the model still answers prompt r (``tokens`` ``[R, pos]``, one token length) with
     ``answer_tokens[r]`` when the neurons ``neurons[ablate[r]]`` (``ablate`` ``[R, N]`` bool) are zeroed at every
@@ -84,7 +84,7 @@ def _columns(classified: pd.DataFrame, matched: pd.DataFrame) -> Tensor:
     return torch.tensor([key in keys for key in zip(classified["layer"], classified["neuron"])], dtype=torch.bool)
 
 
-def heuristic_knockout(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, masks: dict[str, np.ndarray],
+def heuristic_knockout(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, masks: dict[str, np.ndarray], *,
                        matches: pd.DataFrame, classified: pd.DataFrame, min_neurons: int, max_prompts: int,
                        seed: int) -> pd.DataFrame:
     """Per heuristic with at least ``min_neurons`` matched neurons: ``accuracy_associated``,
@@ -115,7 +115,7 @@ def heuristic_knockout(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, ma
     return pd.DataFrame(rows, columns=columns)
 
 
-def prompt_knockout(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, masks: dict[str, np.ndarray],
+def prompt_knockout(tracer: Tracer, tokens: Tensor, answer_tokens: Tensor, masks: dict[str, np.ndarray], *,
                     matches: pd.DataFrame, classified: pd.DataFrame, per_layer: Sequence[int],
                     seed: int) -> pd.DataFrame:
     """Per j in ``per_layer``: ``accuracy`` when each prompt loses its top-j neurons per layer by number of matched
