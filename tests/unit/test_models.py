@@ -50,3 +50,29 @@ def test_handle_roundtrip(tmp_path):
     write_handle(handle, tmp_path / "model.json")
     assert read_handle(tmp_path / "model.json") == handle
     assert json.loads((tmp_path / "model.json").read_text())["revision"] == "step3"
+
+
+def test_a_bridge_over_a_device_map_gives_the_single_device_scores(tmp_path):
+    """``device_map`` goes to Hugging Face and the bridge wraps the model as placed (TransformerLens refuses a map
+    next to ``hf_model``). On a CPU-only machine every module lands on the CPU: the split across devices itself is
+    checked by benchmarks/gpu_check."""
+    from circuitflow.circuits import Tracer, attribute
+    from circuitflow.metrics import logit_diff
+    from tests.unit.test_circuits import random_pairs
+
+    handle = ModelHandle("tiny", str(save_tiny_model("llama_gqa", tmp_path / "m")))
+    placed = load_bridge(handle, dtype="float64", device_map="auto", max_memory={"cpu": "1GiB"})
+    single = load_bridge(handle, device="cpu", dtype="float64")
+    batches = [random_pairs(3)]
+    graphs = [attribute(b, batches, logit_diff, "EAP-IG-inputs", ig_steps=2, tracer=Tracer(b), progress=False)
+              for b in (placed, single)]
+    torch.testing.assert_close(graphs[0].scores, graphs[1].scores, rtol=1e-9, atol=1e-12)
+
+
+def test_a_cpu_gpu_split_needs_consent():
+    class Placed(torch.nn.Module):
+        hf_device_map = {"model.embed_tokens": 0, "model.layers.0": "cpu"}
+
+    with pytest.raises(ValueError, match="allow_cpu_gpu_split=True") as err:
+        load_bridge(ModelHandle("big", "/nowhere"), hf_model=Placed())
+    assert "\n" not in str(err.value)

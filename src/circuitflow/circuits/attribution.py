@@ -61,16 +61,16 @@ def exact_edge_scores(tracer: Tracer, batch: PairBatch, clean_logits: Tensor, re
     """``[n_up, n_down]``: Σ over the batch of L(only edge u→v intervened) − L(clean), for every valid edge."""
     g = tracer.shape
     edges = g.valid.nonzero()
-    base = metric_values(metric, clean_logits, clean_logits, batch).sum()
-    out = torch.zeros(g.n_up, g.n_down, device=tracer.device)
+    base = metric_values(metric, clean_logits, clean_logits, batch).double().sum()
+    out = torch.zeros(g.n_up, g.n_down, dtype=torch.float64, device=tracer.device)
     chunk = max(1, tracer.rows_per_pass(batch.clean.shape[1]) // len(batch))
     for start in range(0, len(edges), chunk):
         part = edges[start : start + chunk]
         missing = torch.zeros(len(part), g.n_up, g.n_down, dtype=torch.bool)
         missing[torch.arange(len(part)), part[:, 0], part[:, 1]] = True
         logits = tracer.run_masked(batch, missing, reference)
-        values = metric_values(metric, logits, clean_logits, batch).sum(1) - base
-        out[part[:, 0], part[:, 1]] = values.float()
+        values = metric_values(metric, logits, clean_logits, batch).double().sum(1) - base
+        out[part[:, 0], part[:, 1]] = values.to(out.device)
     return out
 
 
@@ -89,7 +89,7 @@ def attribute(
 
     ``means`` (from :meth:`Tracer.means`) is needed for the mean interventions. Returns a :class:`Graph` whose
     ``scores`` are averaged over all examples (so splitting the batches differently gives the same scores) and
-    whose ``node_scores`` are Δ_u · ∂L/∂z_u (the row sums). Every valid edge starts in the circuit.
+    whose ``node_scores`` are Δ_u · ∂L/∂z_u (the row sums), both float64. Every valid edge starts in the circuit.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -97,7 +97,7 @@ def attribute(
         raise ValueError(f"ig_steps={ig_steps} must be at least 1")
     tracer = tracer or Tracer(bridge)
     g = tracer.shape
-    scores = torch.zeros(g.n_up, g.n_down, device=tracer.device)
+    scores = torch.zeros(g.n_up, g.n_down, dtype=torch.float64, device=tracer.device)  # float64 through the mean
     n_examples = 0
     for batch in tqdm(batches, desc=method, disable=not progress, mininterval=5):
         batch = batch.to(tracer.device)

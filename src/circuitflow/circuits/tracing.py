@@ -49,6 +49,8 @@ class Tracer:
         self.contract = bridge_contract(bridge, self.anatomy.hook_names)  # raises BridgeContractError
         a = self.anatomy
         self.shape = Graph.empty(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel)
+        # where tokens go and the engine's buffers and scores live; on a model split over devices (device_map) every
+        # hook moves what it adds to its activation's device and what it keeps back here
         self.device = next(bridge.parameters()).device
 
     # ------------------------------------------------------------------ activations of plain runs
@@ -84,7 +86,7 @@ class Tracer:
         parts = [store["input"].unsqueeze(2)]
         for layer, la in enumerate(self.anatomy.layers):
             parts += [head_outputs(la.W_O, store[f"z{layer}"]), store[f"mlp_out{layer}"].unsqueeze(2)]
-        return logits, torch.cat(parts, dim=2)
+        return logits, torch.cat([part.to(self.device) for part in parts], dim=2)
 
     @torch.no_grad()
     def reference(self, batch: PairBatch, intervention: Intervention, means: Tensor | None = None) -> Tensor:
@@ -134,7 +136,7 @@ class Tracer:
             grads[key] = grad.detach()
 
         def add(nodes, beta, tensor, hook):
-            return tensor + beta * delta[:, :, nodes].sum(2)
+            return tensor + beta * delta[:, :, nodes].sum(2).to(tensor.device)
 
         def leaf(tensor, hook):
             return tensor.detach().requires_grad_(True)
@@ -162,9 +164,10 @@ class Tracer:
         def accumulate(n_before: int, cols: slice | int, grad_x: Tensor) -> None:
             hi = min(stop, n_before)
             if hi > start:
-                grad_rows = grad_x.to(delta.dtype).permute(2, 0, 1, 3).reshape(grad_x.shape[2], -1)  # [n, b*pos*d]
+                grad_x = grad_x.to(delta.device, delta.dtype)
+                grad_rows = grad_x.permute(2, 0, 1, 3).reshape(grad_x.shape[2], -1)  # [n, b * pos * d]
                 part = delta_up[: hi - start] @ grad_rows.T
-                scores[start:hi, cols] += weight * part.float().reshape(hi - start, -1)
+                scores[start:hi, cols] += weight * part.to(scores.dtype).reshape(hi - start, -1)
 
         for layer, la in enumerate(a.layers):
             cotangent = torch.cat([torch.einsum("bphe,hde->bphd", grads[f"{r}{layer}"], w)
@@ -210,7 +213,7 @@ class Tracer:
 
         def set_delta(nodes, value_fn, tensor, hook):
             value = value_fn(tensor).unflatten(0, (n_masks, b)).permute(0, 3, 1, 2, 4)  # [mask, k, b, pos, d]
-            cur[:, nodes] = ref[nodes] - value
+            cur[:, nodes] = ref[nodes] - value.to(cur.device)
 
         def keep(key, tensor, hook):
             store[key] = tensor
@@ -220,17 +223,18 @@ class Tracer:
             if s is None:
                 return tensor
             la = a.layers[layer]
-            return tensor + torch.einsum("bphd,hde->bphe", normed_shift(la.attn_norm, store[f"attn{layer}"], s), weight)
+            shifted = normed_shift(la.attn_norm, store[f"attn{layer}"], s.to(tensor.device))
+            return tensor + torch.einsum("bphd,hde->bphe", shifted, weight)
 
         def edit_mlp(layer, tensor, hook):
             s = shift(g.upstream_before(layer, "mlp"), g.down(layer, "mlp"))
             if s is None:
                 return tensor
-            return tensor + normed_shift(a.layers[layer].mlp_norm, store[f"mlp{layer}"], s).squeeze(2)
+            return tensor + normed_shift(a.layers[layer].mlp_norm, store[f"mlp{layer}"], s.to(tensor.device)).squeeze(2)
 
         def edit_final(tensor, hook):
             s = shift(g.n_up, slice(g.logits_down, g.logits_down + 1))
-            return tensor if s is None else tensor + s.squeeze(2)
+            return tensor if s is None else tensor + s.squeeze(2).to(tensor.device)
 
         fwd = [(a.input_hook, partial(set_delta, slice(0, 1), lambda t: t.unsqueeze(2)))]
         for layer, la in enumerate(a.layers):

@@ -54,14 +54,17 @@ def load_hf_model(
     device: DeviceName = "auto",
     dtype: str | torch.dtype = "float32",
     device_map: str | dict | None = None,
+    *,
+    max_memory: dict | None = None,
 ):
-    """Load the HF causal LM in eval mode with eager attention; ``device_map`` (e.g. ``"auto"``) spreads a model
-    larger than one GPU over several and then ``device`` is ignored."""
+    """Load the HF causal LM in eval mode with eager attention; ``device_map`` (e.g. ``"auto"``, or a dict of module
+    name -> device) spreads a model larger than one GPU over several, with ``max_memory`` (e.g.
+    ``{0: "10GiB", "cpu": "100GiB"}``) bounding each device; then ``device`` is ignored."""
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(dtype=resolve_dtype(dtype), attn_implementation="eager", **_revision(handle))
     if device_map is not None:
-        kwargs["device_map"] = device_map
+        kwargs.update(device_map=device_map, **({"max_memory": max_memory} if max_memory else {}))
     model = AutoModelForCausalLM.from_pretrained(handle.path, **kwargs)
     if device_map is None:
         model = model.to(resolve_device(device))
@@ -77,15 +80,33 @@ def load_bridge(
     dtype: str | torch.dtype = "float32",
     device_map: str | dict | None = None,
     hf_model=None,
+    *,
+    max_memory: dict | None = None,
+    allow_cpu_gpu_split: bool = False,
 ):
-    """A ``TransformerBridge`` around the handle's model (loaded with :func:`load_hf_model` unless given)."""
+    """A ``TransformerBridge`` around the handle's model (loaded with :func:`load_hf_model` unless given; a given
+    model keeps its own placement). The circuit engine checks the bridge when it builds a ``Tracer``
+    (:mod:`circuitflow.models.contract`).
+
+    With ``device_map`` the HF model is placed by accelerate and the bridge wraps it as placed. TransformerLens 4.3
+    refuses a placement that mixes CPU and GPU devices as not yet verified; ``allow_cpu_gpu_split=True`` lets it
+    through (``benchmarks/gpu_check`` compares such a split with the single-device run)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     if hf_model is None:
-        hf_model = load_hf_model(handle, device, dtype, device_map)
-    tokenizer = load_tokenizer(handle)
-    device_kwargs = {"device": str(next(hf_model.parameters()).device)}
-    kwargs = {"device_map": device_map} if device_map is not None else device_kwargs
-    return TransformerBridge.boot_transformers(
-        handle.path, hf_model=hf_model, tokenizer=tokenizer, dtype=resolve_dtype(dtype), **_revision(handle), **kwargs
-    )
+        hf_model = load_hf_model(handle, device, dtype, device_map, max_memory=max_memory)
+    placement = getattr(hf_model, "hf_device_map", None)
+    devices = {str(d) for d in (placement or {}).values()}
+    split = bool(devices & {"cpu", "disk"}) and any(d not in ("cpu", "disk") for d in devices)
+    if split and not allow_cpu_gpu_split:
+        raise ValueError(f"device_map placed {handle.name} on both CPU and GPU ({sorted(devices)}): "
+                         "give the GPUs more max_memory, or pass allow_cpu_gpu_split=True to load_bridge")
+    if split:
+        del hf_model.hf_device_map  # TransformerLens reads the placement from it only to refuse this mix
+    try:
+        return TransformerBridge.boot_transformers(
+            handle.path, hf_model=hf_model, tokenizer=load_tokenizer(handle), dtype=resolve_dtype(dtype),
+            device=str(next(hf_model.parameters()).device), **_revision(handle))
+    finally:
+        if split:
+            hf_model.hf_device_map = placement
