@@ -17,6 +17,8 @@ from circuitflow.provenance import provenance_record, register
 
 # Config keys that change how fast a job runs, not its numbers (``dtype`` does change them: it is a param).
 PERFORMANCE_KEYS = ("device", "device_map", "batch_size", "circuits.batch_size", "localization.batch_size")
+# Params that are no config: the code hash (recorded on its own) and the scratch folder of a resumable sweep.
+NOT_CONFIG_PARAMS = ("code", "partial")
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,14 @@ def job_model_and_revision(snakemake) -> tuple[str | None, str | None]:
 @contextmanager
 def snakemake_job(snakemake, torch_threads: bool = False) -> Iterator[logging.Logger]:
     """Run a workflow script's body: log to the job's log file (see :func:`circuitflow.logs.log_to`) and register
-    its provenance (model, revision, params except ``code``, ``code`` hash) for every table it writes. With
-    ``torch_threads``, torch uses the job's ``threads``."""
+    its provenance (model, revision, its params but :data:`NOT_CONFIG_PARAMS`, ``code`` hash) for every table it
+    writes. With ``torch_threads``, torch uses the job's ``threads``."""
     params = dict(snakemake.params.items())
     model, revision = job_model_and_revision(snakemake)
     with log_to(snakemake.log[0]) as log:
         if torch_threads:
             set_torch_threads(snakemake.threads)
-        config = {key: value for key, value in params.items() if key != "code"}
+        config = {key: value for key, value in params.items() if key not in NOT_CONFIG_PARAMS}
         register(provenance_record(model=model, revision=revision, config=config, code=params.get("code")))
         try:
             yield log

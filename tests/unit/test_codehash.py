@@ -99,3 +99,12 @@ def test_the_attribute_script_depends_on_the_engine_not_on_plots():
              for p in module_files(ROOT / "workflow/scripts/attribute.py")}
     assert {"__init__.py", "circuits/tracing.py", "circuits/job.py", "io.py", "metrics.py"} <= found
     assert "plots.py" not in found and "heuristics/analysis.py" not in found
+
+
+def test_scripts_import_from_the_defining_modules():
+    """``from circuitflow import attribute`` goes through the lazy top-level API (importlib), which the import walk
+    cannot see: a rule would not rerun when the engine changes. Scripts import from the module that defines a name."""
+    for script in sorted((ROOT / "workflow/scripts").glob("*.py")):
+        text = script.read_text()
+        assert not re.search(r"^\s*(from circuitflow import|import circuitflow\s*$)", text, re.MULTILINE), \
+            f"{script.name}: import from circuitflow's submodules (e.g. circuitflow.circuits), not from circuitflow"

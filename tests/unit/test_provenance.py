@@ -35,7 +35,7 @@ def fake_job(tmp_path: Path, params: dict, threads: int = 1, config: dict | None
 
 
 def test_a_table_written_in_a_job_carries_its_provenance(tmp_path):
-    params = {"loc": {"seeds": [0, 1]}, "dtype": "float32", "code": "0123456789ab"}
+    params = {"loc": {"seeds": [0, 1]}, "dtype": "float32", "code": "0123456789ab", "partial": "results/.partial"}
     with snakemake_job(fake_job(tmp_path, params)):
         write_parquet(FRAME, tmp_path / "t.parquet")
     stored = json.loads(pq.read_schema(tmp_path / "t.parquet").metadata[b"circuitflow.provenance"])
