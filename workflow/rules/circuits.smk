@@ -12,15 +12,16 @@ rule attribute:
         json=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.json", method=CIRCUIT_METHODS),
         agreement=f"{RES}/{{model}}/circuits/{{op}}/agreement.parquet",
     params:
-        circuits=CFG["circuits"],
-        device=CFG["device"],
+        circuits=keys("circuits", "methods", "metric", "intervention", "ig_steps"),
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("circuits", "metrics", "models"),
+        code=script_code("attribute"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/attribute/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/attribute/{{model}}_{{op}}.tsv"
     script:
         "../scripts/attribute.py"
 
@@ -35,15 +36,16 @@ rule faithfulness:
         curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
         areas=f"{RES}/{{model}}/circuits/{{op}}/areas.parquet",
     params:
-        circuits=CFG["circuits"],
-        device=CFG["device"],
+        circuits=keys("circuits", "methods", "metric", "intervention", "fractions", "selection", "absolute"),
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("circuits", "metrics", "models", "tables"),
+        code=script_code("faithfulness"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/faithfulness/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/faithfulness/{{model}}_{{op}}.tsv"
     script:
         "../scripts/faithfulness.py"
 
@@ -56,9 +58,11 @@ rule plot_faithfulness:
                    category="Circuits"),
         pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_faithfulness"),
     log:
         f"{RES}/logs/plot_faithfulness/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_faithfulness/{{model}}_{{op}}.tsv"
     script:
         "../scripts/plot_faithfulness.py"
 
@@ -73,8 +77,10 @@ rule draw_circuits:
         n_edges=CFG["circuits"]["draw_edges"],
         absolute=CFG["circuits"]["absolute"],
         methods=CIRCUIT_METHODS,
-        code=code_version("plots", "circuits"),
+        code=script_code("draw_circuits"),
     log:
         f"{RES}/logs/draw_circuits/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/draw_circuits/{{model}}_{{op}}.tsv"
     script:
         "../scripts/draw_circuits.py"

@@ -5,18 +5,54 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from circuitflow import code_version
+from circuitflow.codehash import script_code_hash
 from circuitflow.config import ConfigError, load_workflow_config
+from circuitflow.snakejob import PERFORMANCE_KEYS, without_performance
 
 try:
     CFG, MODELS = load_workflow_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as err:
     raise WorkflowError(f"config error: {err}") from None
 
+# Scripts read the performance settings (circuitflow.snakejob.job_performance) from the validated config, defaults
+# filled in: they are not params, so changing a batch size or the device reruns nothing.
+config.update(CFG)
+
 RES = CFG["results"]
 OPS = CFG["operators"]
 # GPU-capable jobs ask for one GPU unless the config pins the CPU (the default profile allows one at a time).
 GPU = 0 if CFG["device"] == "cpu" else 1
+# CPU threads of a job that runs a model (torch uses them); fewer when --cores is smaller, more with --set-threads.
+MODEL_THREADS = 4
+
+
+def script_code(name):
+    """Hash of the library modules workflow/scripts/{name}.py imports, for ``params: code=`` (Snakemake reruns a job
+    when its script changes, not when a module it imports does)."""
+    return script_code_hash(Path(workflow.basedir) / "workflow/scripts" / f"{name}.py")
+
+
+def _performance(section, name):
+    return f"{section}.{name}" in PERFORMANCE_KEYS
+
+
+def keys(section, *names):
+    """The named keys of a config section, for a rule's params: its jobs rerun when one of these changes, not when
+    another key of the section does."""
+    wrong = [n for n in names if n not in CFG[section] or _performance(section, n)]
+    if wrong:
+        raise WorkflowError(f"workflow/rules: {section}.{wrong} are not config keys or are performance settings "
+                            "(scripts read those with circuitflow.snakejob.job_performance)")
+    return {n: CFG[section][n] for n in names}
+
+
+def keys_except(section, *names):
+    """Every key of a config section but ``names`` and its performance settings, for a rule's params (keys added
+    to the section later are included: a rule that reads them reruns when they change)."""
+    unknown = [n for n in names if n not in CFG[section]]
+    if unknown:
+        raise WorkflowError(f"workflow/rules: {section}.{unknown} are not config keys")
+    return {n: v for n, v in CFG[section].items() if n not in names and not _performance(section, n)}
 
 
 def names(source=None, with_checkpoints=False):

@@ -8,9 +8,11 @@ rule plot_accuracy:
         png=report(f"{RES}/figures/accuracy.png", caption="../report/accuracy.rst", category="Accuracy"),
         pdf=f"{RES}/figures/accuracy.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_accuracy"),
     log:
         f"{RES}/logs/plot_accuracy/all.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_accuracy/all.tsv"
     script:
         "../scripts/plot_accuracy.py"
 
@@ -23,9 +25,11 @@ rule plot_checkpoint_accuracy:
                    category="Accuracy"),
         pdf=f"{RES}/figures/{{model}}/checkpoint_accuracy.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_checkpoint_accuracy"),
     log:
         f"{RES}/logs/plot_checkpoint_accuracy/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_checkpoint_accuracy/{{model}}.tsv"
     script:
         "../scripts/plot_checkpoint_accuracy.py"
 
@@ -37,8 +41,10 @@ rule plot_training:
         png=report(f"{RES}/figures/{{model}}/training.png", caption="../report/training.rst", category="Toy model"),
         pdf=f"{RES}/figures/{{model}}/training.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_training"),
     log:
         f"{RES}/logs/plot_training/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_training/{{model}}.tsv"
     script:
         "../scripts/plot_training.py"

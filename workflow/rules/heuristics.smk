@@ -14,17 +14,17 @@ rule heuristics:
         prompt_knockout=f"{RES}/{{model}}/heuristics/{{op}}_prompt_knockout.parquet",
         maps=f"{RES}/{{model}}/heuristics/{{op}}_maps.parquet",
     params:
-        heur=CFG["heuristics"],
+        heur=keys_except("heuristics", "checkpoint_steps"),
         seed=CFG["seed"],
-        batch_size=CFG["batch_size"],
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("heuristics", "localization", "tables", "circuits", "models"),
+        code=script_code("heuristics"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/heuristics/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/heuristics/{{model}}_{{op}}.tsv"
     script:
         "../scripts/heuristics.py"
 
@@ -41,9 +41,11 @@ rule plot_heuristics:
         maps=report(f"{RES}/figures/{{model}}/heuristic_maps_{{op}}.png", caption="../report/heuristic_maps.rst",
                     category="Heuristics"),
     params:
-        code=code_version("plots"),
+        code=script_code("plot_heuristics"),
     log:
         f"{RES}/logs/plot_heuristics/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_heuristics/{{model}}_{{op}}.tsv"
     script:
         "../scripts/plot_heuristics.py"
 
@@ -58,22 +60,21 @@ rule checkpoint_heuristics:
     output:
         table=f"{RES}/{{model}}/checkpoint_heuristics.parquet",
     params:
-        heur=CFG["heuristics"],
-        loc=CFG["localization"],
+        heur=keys_except("heuristics", "knockout_min_neurons", "map_neurons"),
         operators=OPS,
         seed=CFG["seed"],
-        batch_size=CFG["batch_size"],
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
         partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_heuristics",
-        code=code_version("heuristics", "localization", "tables", "circuits", "metrics", "models"),
+        code=script_code("checkpoint_heuristics"),
     wildcard_constraints:
         model=alternatives(names(with_checkpoints=True)),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/checkpoint_heuristics/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/checkpoint_heuristics/{{model}}.tsv"
     script:
         "../scripts/checkpoint_heuristics.py"
 
@@ -86,8 +87,10 @@ rule plot_checkpoint_heuristics:
                    category="Heuristics"),
         pdf=f"{RES}/figures/{{model}}/checkpoint_heuristics.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_checkpoint_heuristics"),
     log:
         f"{RES}/logs/plot_checkpoint_heuristics/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_checkpoint_heuristics/{{model}}.tsv"
     script:
         "../scripts/plot_checkpoint_heuristics.py"

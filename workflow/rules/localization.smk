@@ -10,16 +10,17 @@ rule ie_maps:
     output:
         table=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
     params:
-        loc=CFG["localization"],
-        device=CFG["device"],
+        loc=keys("localization", "seeds"),
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
         partial=lambda w: f"{RES}/{w.model}/.partial/ie_maps_{w.op}",
-        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts"),
+        code=script_code("ie_maps"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/ie_maps/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/ie_maps/{{model}}_{{op}}.tsv"
     script:
         "../scripts/ie_maps.py"
 
@@ -31,15 +32,16 @@ rule neuron_scores:
     output:
         table=f"{RES}/{{model}}/neurons/{{op}}.parquet",
     params:
-        loc=CFG["localization"],
-        device=CFG["device"],
+        loc=keys("localization", "exact_neuron_layers"),
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("localization", "tables", "circuits", "metrics", "models"),
+        code=script_code("neuron_scores"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/neuron_scores/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/neuron_scores/{{model}}_{{op}}.tsv"
     script:
         "../scripts/neuron_scores.py"
 
@@ -52,14 +54,15 @@ rule probes:
         table=f"{RES}/{{model}}/probes/{{op}}.parquet",
     params:
         seed=CFG["seed"],
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("localization", "tables", "circuits", "models"),
+        code=script_code("probes"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/probes/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/probes/{{model}}_{{op}}.tsv"
     script:
         "../scripts/probes.py"
 
@@ -74,17 +77,18 @@ rule paper_circuits:
     output:
         table=f"{RES}/{{model}}/paper_circuits/{{op}}.parquet",
     params:
-        loc=CFG["localization"],
-        prompts=CFG["prompts"],
-        operators=OPS,
-        device=CFG["device"],
+        loc=keys("localization", "top_heads", "heuristics_layer", "probe_threshold", "neurons_per_layer",
+                 "random_seeds"),
+        prompts=keys("prompts", "operand_max"),
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts", "arithmetic"),
+        code=script_code("paper_circuits"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/paper_circuits/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/paper_circuits/{{model}}_{{op}}.tsv"
     script:
         "../scripts/paper_circuits.py"
 
@@ -97,16 +101,17 @@ rule attention:
         table=f"{RES}/{{model}}/attention/{{op}}.parquet",
         ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
     params:
-        loc=CFG["localization"],
+        loc=keys("localization", "attention_heads"),
         operand_max=CFG["prompts"]["operand_max"],
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        code=code_version("localization", "tables", "circuits", "models", "arithmetic"),
+        code=script_code("attention"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/attention/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/attention/{{model}}_{{op}}.tsv"
     script:
         "../scripts/attention.py"
 
@@ -128,9 +133,11 @@ rule plot_localization:
         attention=report(f"{RES}/figures/{{model}}/attention_{{op}}.png", caption="../report/attention.rst",
                          category="Localization"),
     params:
-        code=code_version("plots"),
+        code=script_code("plot_localization"),
     log:
         f"{RES}/logs/plot_localization/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_localization/{{model}}_{{op}}.tsv"
     script:
         "../scripts/plot_localization.py"
 
@@ -143,9 +150,11 @@ rule plot_paper_faithfulness:
                    category="Localization"),
         pdf=f"{RES}/figures/{{model}}/paper_faithfulness.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_paper_faithfulness"),
     log:
         f"{RES}/logs/plot_paper_faithfulness/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_paper_faithfulness/{{model}}.tsv"
     script:
         "../scripts/plot_paper_faithfulness.py"
 
@@ -158,19 +167,20 @@ rule checkpoint_ie_maps:
     output:
         table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
     params:
-        loc=CFG["localization"],
+        loc={"seeds": CFG["localization"]["seeds"][:1]},  # across checkpoints: the first seed only
         operators=OPS,
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
         partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_ie_maps",
-        code=code_version("localization", "tables", "circuits", "metrics", "models", "prompts"),
+        code=script_code("checkpoint_ie_maps"),
     wildcard_constraints:
         model=alternatives(names(with_checkpoints=True)),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/checkpoint_ie_maps/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/checkpoint_ie_maps/{{model}}.tsv"
     script:
         "../scripts/checkpoint_ie_maps.py"
 
@@ -183,8 +193,10 @@ rule plot_checkpoint_ie:
                    category="Localization"),
         pdf=f"{RES}/figures/{{model}}/checkpoint_ie.pdf",
     params:
-        code=code_version("plots"),
+        code=script_code("plot_checkpoint_ie"),
     log:
         f"{RES}/logs/plot_checkpoint_ie/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/plot_checkpoint_ie/{{model}}.tsv"
     script:
         "../scripts/plot_checkpoint_ie.py"

@@ -11,12 +11,14 @@ rule train_toy:
     params:
         recipe=lambda w: MODELS[w.model].recipe,
         seed=CFG["seed"],
-        code=code_version("toy", "recipes", "arithmetic", "models"),
+        code=script_code("train_toy"),
     wildcard_constraints:
         model=alternatives(names("toy")),
-    threads: 2
+    threads: 2  # torch always trains with 2 threads, so the weights do not depend on the cores a job gets
     log:
         f"{RES}/logs/train_toy/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/train_toy/{{model}}.tsv"
     script:
         "../scripts/train_toy.py"
 
@@ -27,12 +29,14 @@ rule download_model:
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
         spec=model_spec,
-        code=code_version("models"),
+        code=script_code("download_model"),
     wildcard_constraints:
         model=alternatives(names("hub")),
     retries: 2
     log:
         f"{RES}/logs/download_model/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/download_model/{{model}}.tsv"
     script:
         "../scripts/download_model.py"
 
@@ -47,6 +51,7 @@ rule register_local:
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
         spec=model_spec,
+        code=script_code("register_local"),
     wildcard_constraints:
         model=alternatives(names("local")),
     log:
@@ -65,12 +70,14 @@ rule finetune_toy_lora:
     params:
         spec=model_spec,
         seed=CFG["seed"],
-        code=code_version("toy", "recipes", "models", "tables"),
+        code=script_code("finetune_toy_lora"),
     wildcard_constraints:
         model=alternatives(n for n in names("lora") if "train" in MODELS[n].adapter),
-    threads: 2
+    threads: 2  # fixed, as for train_toy
     log:
         f"{RES}/logs/finetune_toy_lora/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/finetune_toy_lora/{{model}}.tsv"
     script:
         "../scripts/finetune_toy_lora.py"
 
@@ -85,10 +92,13 @@ rule merge_lora:
         index=f"{RES}/models/{{model}}/checkpoints.json",
     params:
         spec=model_spec,
-        code=code_version("models"),
+        code=script_code("merge_lora"),
     wildcard_constraints:
         model=alternatives(names("lora")),
+    threads: MODEL_THREADS
     log:
         f"{RES}/logs/merge_lora/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/merge_lora/{{model}}.tsv"
     script:
         "../scripts/merge_lora.py"

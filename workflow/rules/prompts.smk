@@ -10,28 +10,31 @@ rule prompts:
     params:
         prompts=CFG["prompts"],
         seed=CFG["seed"],
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        batch_size=CFG["batch_size"],
-        code=code_version("prompts", "arithmetic", "models", "tables"),
+        code=script_code("prompts"),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/prompts/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/prompts/{{model}}_{{op}}.tsv"
     script:
         "../scripts/prompts.py"
 
 
 rule accuracy:
     input:
+        handle=model_handle,
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         table=f"{RES}/{{model}}/accuracy.parquet",
     params:
-        code=code_version("tables"),
+        code=script_code("accuracy"),
     log:
         f"{RES}/logs/accuracy/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/accuracy/{{model}}.tsv"
     script:
         "../scripts/accuracy.py"
 
@@ -44,16 +47,16 @@ rule checkpoint_accuracy:
     params:
         prompts=CFG["prompts"],
         operators=OPS,
-        device=CFG["device"],
         dtype=CFG["dtype"],
-        device_map=CFG["device_map"],
-        batch_size=CFG["batch_size"],
-        code=code_version("prompts", "arithmetic", "models", "tables"),
+        code=script_code("checkpoint_accuracy"),
     wildcard_constraints:
         model=alternatives(names(with_checkpoints=True)),
+    threads: MODEL_THREADS
     resources:
         gpu=GPU,
     log:
         f"{RES}/logs/checkpoint_accuracy/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/checkpoint_accuracy/{{model}}.tsv"
     script:
         "../scripts/checkpoint_accuracy.py"

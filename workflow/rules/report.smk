@@ -13,11 +13,13 @@ rule report:
     output:
         html=f"{RES}/report.html",
     params:
-        config=CFG,
+        config=without_performance(CFG),
         figures_dir=f"{RES}/figures",
         captions_dir=str(Path(workflow.basedir) / "workflow/report"),
-        code=code_version("report"),
+        code=script_code("report"),
     log:
         f"{RES}/logs/report/all.log",
+    benchmark:
+        f"{RES}/benchmarks/report/all.tsv"
     script:
         "../scripts/report.py"

@@ -5,12 +5,13 @@ from circuitflow.circuits.job import load_model_job
 from circuitflow.io import write_parquet
 from circuitflow.localization.attention import attention_grid, ov_table
 from circuitflow.localization.ie_maps import top_heads
-from circuitflow.logs import log_to
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, loc, op = snakemake.params, snakemake.params.loc, snakemake.wildcards.op
-    job = load_model_job(snakemake.input.handle, p.device, p.dtype, p.device_map)
+    job = load_model_job(snakemake.input.handle, perf.device, p.dtype, perf.device_map)
     handle, tokenizer, tracer = job.handle, job.tokenizer, job.tracer
     heads = top_heads(pd.read_parquet(snakemake.input.ie_maps), loc["attention_heads"], position="last")
     log.info("heads analysed: %s", heads)

@@ -4,18 +4,21 @@ import pandas as pd
 from circuitflow.circuits import agreement, attribute
 from circuitflow.circuits.job import load_circuit_job
 from circuitflow.io import write_parquet
-from circuitflow.logs import log_to
 from circuitflow.metrics import get_metric
+from circuitflow.provenance import current as current_provenance
+from circuitflow.snakejob import job_performance, snakemake_job
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, c, op = snakemake.params, snakemake.params.circuits, snakemake.wildcards.op
-    job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers, c, p.device,
-                           p.dtype, p.device_map)
+    job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers,
+                           {**c, "batch_size": perf.circuits_batch_size}, perf.device, p.dtype, perf.device_map)
     graphs = {}
     for method, pt, js in zip(c["methods"], snakemake.output.graphs, snakemake.output.json):
         graph = attribute(job.bridge, job.batches, get_metric(c["metric"]), method, c["intervention"], c["ig_steps"],
                           means=job.means, tracer=job.tracer)
-        graph.meta.update(model=job.handle.name, revision=job.handle.revision, operator=op, metric=c["metric"])
+        graph.meta.update(model=job.handle.name, revision=job.handle.revision, operator=op, metric=c["metric"],
+                          provenance=current_provenance())
         graph.save(pt)
         graph.to_json(js)
         graphs[method] = graph

@@ -8,22 +8,23 @@ from circuitflow.heuristics import HeuristicSpec
 from circuitflow.heuristics.analysis import classify_top_neurons, compare_to_final, knockouts
 from circuitflow.io import cached_frame, file_stamps, resumable_sweep, write_parquet
 from circuitflow.localization.neuron_scores import neuron_table
-from circuitflow.logs import log_to
 from circuitflow.models import load_bridge, load_tokenizer, read_handles
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
 
-def checkpoint_heuristics(handle, ops, spec, p):
+def checkpoint_heuristics(handle, ops, spec, p, perf):
     h = p.heur
-    tracer = Tracer(load_bridge(handle, p.device, p.dtype, p.device_map))
+    tracer = Tracer(load_bridge(handle, perf.device, p.dtype, perf.device_map))
     tokenizer = load_tokenizer(handle)
     parts = []
     for op, d in ops.items():
-        neurons = neuron_table(tracer, pair_batches(d["prompts"], tokenizer, p.loc["batch_size"]), progress=False)
+        batches = pair_batches(d["prompts"], tokenizer, perf.localization_batch_size)
+        neurons = neuron_table(tracer, batches, progress=False)
         classified = classify_top_neurons(tracer, tokenizer, d["answers"], neurons, d["layer"],
                                           h["neurons_per_layer"], spec=spec, threshold=h["threshold"],
                                           two_sided=h["two_sided"], null_permutations=0, seed=p.seed,
-                                          batch_size=p.batch_size)
+                                          batch_size=perf.batch_size)
         _, by_prompt = knockouts(tracer, tokenizer, d["answers"], classified, per_layer=h["knockout_neurons_per_layer"],
                                  max_prompts=h["max_prompts"], seed=p.seed)
         by_prompt = by_prompt.rename(columns=dict(accuracy="knockout_accuracy",
@@ -32,7 +33,8 @@ def checkpoint_heuristics(handle, ops, spec, p):
     return with_labels(pd.concat(parts, ignore_index=True), revision=handle.revision, step=handle.step)
 
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, h, i = snakemake.params, snakemake.params.heur, snakemake.input
     spec = HeuristicSpec.from_config(h)
     ops = {op: dict(answers=pd.read_parquet(a), prompts=pd.read_parquet(pr), final=pd.read_parquet(f),
@@ -45,7 +47,7 @@ with log_to(snakemake.log[0]) as log:
             if wanted is not None and handle.step not in wanted:
                 continue
             tables.append(cached_frame(folder / f"{handle.revision}.parquet",
-                                       lambda handle=handle: checkpoint_heuristics(handle, ops, spec, p)))
+                                       lambda handle=handle: checkpoint_heuristics(handle, ops, spec, p, perf)))
             present = tables[-1].drop_duplicates("operator").set_index("operator")["final_matches_present"]
             log.info("%s: share of the final model's heuristic matches present %s", handle.revision,
                      present.round(2).to_dict())

@@ -4,14 +4,15 @@ import pandas as pd
 from circuitflow.circuits import Graph, area_scores, faithfulness_curve
 from circuitflow.circuits.job import load_circuit_job
 from circuitflow.io import write_parquet
-from circuitflow.logs import log_to
 from circuitflow.metrics import get_metric
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, c = snakemake.params, snakemake.params.circuits
-    job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers, c, p.device,
-                           p.dtype, p.device_map)
+    job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers,
+                           {**c, "batch_size": perf.circuits_batch_size}, perf.device, p.dtype, perf.device_map)
     curves, areas = [], []
     for method, path in zip(c["methods"], snakemake.input.graphs):
         curve = faithfulness_curve(job.bridge, Graph.load(path), job.batches, get_metric(c["metric"]),

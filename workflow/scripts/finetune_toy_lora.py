@@ -4,15 +4,15 @@ from pathlib import Path
 import torch
 
 from circuitflow.io import write_parquet
-from circuitflow.logs import log_to
 from circuitflow.models.lora import export_raw_lora
 from circuitflow.models.registry import ModelSpec
 from circuitflow.models.select import base_handle
 from circuitflow.recipes import LoraRecipe, recipe_from_dict
+from circuitflow.snakejob import snakemake_job
 from circuitflow.tables import with_labels
 from circuitflow.toy import finetune_lora
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake) as log:
     torch.set_num_threads(2)
     spec = ModelSpec(**snakemake.params.spec)
     recipe = recipe_from_dict(LoraRecipe, {"seed": snakemake.params.seed, **spec.adapter["train"]},

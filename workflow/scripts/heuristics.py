@@ -5,12 +5,13 @@ from circuitflow.circuits.job import load_model_job
 from circuitflow.heuristics import HeuristicSpec
 from circuitflow.heuristics.analysis import analyse_heuristics
 from circuitflow.io import write_parquet
-from circuitflow.logs import log_to
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, h, i, o = snakemake.params, snakemake.params.heur, snakemake.input, snakemake.output
-    job = load_model_job(i.handle, p.device, p.dtype, p.device_map)
+    job = load_model_job(i.handle, perf.device, p.dtype, perf.device_map)
     first_layer = int(pd.read_parquet(i.paper_circuits)["heuristics_layer"].iloc[0])
     spec = HeuristicSpec.from_config(h)
     result = analyse_heuristics(
@@ -18,7 +19,7 @@ with log_to(snakemake.log[0]) as log:
         h["neurons_per_layer"], spec=spec, threshold=h["threshold"], two_sided=h["two_sided"],
         min_neurons=h["knockout_min_neurons"], max_prompts=h["max_prompts"],
         knockout_per_layer=h["knockout_neurons_per_layer"], map_neurons=h["map_neurons"], seed=p.seed,
-        batch_size=p.batch_size)
+        batch_size=perf.batch_size)
     matched = result.classification[result.classification["matched"]]
     log.info("heuristics layer %d: %d of %d classified neurons implement a heuristic; by family: %s", first_layer,
              matched[["layer", "neuron"]].drop_duplicates().shape[0],

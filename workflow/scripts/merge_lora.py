@@ -1,14 +1,14 @@
 """Merge a LoRA adapter into its base model and write a plain Hugging Face directory."""
 from pathlib import Path
 
-from circuitflow.logs import log_to
 from circuitflow.models.registry import ModelSpec
 from circuitflow.models import ModelHandle, load_hf_model, load_tokenizer, write_handle
 from circuitflow.io import atomic_dir, write_json
 from circuitflow.models.lora import merge_adapter
 from circuitflow.models.select import base_handle
+from circuitflow.snakejob import snakemake_job
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
     spec = ModelSpec(**snakemake.params.spec)
     base = base_handle(spec, snakemake.input.handle, snakemake.input.checkpoints)
     model = load_hf_model(base, device="cpu", dtype="float32")

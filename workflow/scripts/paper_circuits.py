@@ -5,15 +5,16 @@ from circuitflow.circuits import pair_batches, token_batches
 from circuitflow.circuits.job import load_model_job
 from circuitflow.io import write_parquet
 from circuitflow.localization.mean_ablation import paper_faithfulness
-from circuitflow.logs import log_to
 from circuitflow.prompts import all_pair_prompts, prompt_prefix
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p, loc, i = snakemake.params, snakemake.params.loc, snakemake.input
-    job = load_model_job(i.handle, p.device, p.dtype, p.device_map)
+    job = load_model_job(i.handle, perf.device, p.dtype, perf.device_map)
     prompts = pd.read_parquet(i.prompts)
-    batches = pair_batches(prompts, job.tokenizer, loc["batch_size"])
+    batches = pair_batches(prompts, job.tokenizer, perf.localization_batch_size)
     # means over all operand pairs of all operators, legal or not, with the prompt set's own prefix and token length
     texts = all_pair_prompts(p.prompts["operand_max"], prompt_prefix(prompts))
     mean_tokens = token_batches(job.tokenizer, texts, 1024, batches[0].clean.shape[1])

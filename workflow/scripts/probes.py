@@ -5,12 +5,13 @@ import torch
 from circuitflow.circuits.job import load_model_job
 from circuitflow.io import write_parquet
 from circuitflow.localization.probing import heuristics_layer, probe_table
-from circuitflow.logs import log_to
+from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake, torch_threads=True) as log:
+    perf = job_performance(snakemake)
     p = snakemake.params
-    job = load_model_job(snakemake.input.handle, p.device, p.dtype, p.device_map)
+    job = load_model_job(snakemake.input.handle, perf.device, p.dtype, perf.device_map)
     handle, tokenizer, tracer = job.handle, job.tokenizer, job.tracer
     answers = pd.read_parquet(snakemake.input.answers)
     correct = answers[answers["correct"]]

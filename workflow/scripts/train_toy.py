@@ -3,13 +3,13 @@ from pathlib import Path
 
 import torch
 
-from circuitflow.logs import log_to
 from circuitflow.models import ModelHandle, write_handle
 from circuitflow.io import write_json
 from circuitflow.recipes import ToyRecipe, recipe_from_dict
+from circuitflow.snakejob import snakemake_job
 from circuitflow.toy import train_toy
 
-with log_to(snakemake.log[0]) as log:
+with snakemake_job(snakemake) as log:
     torch.set_num_threads(2)  # fixed, so the trained weights do not depend on the cores a job is given
     name = snakemake.wildcards.model
     recipe = recipe_from_dict(ToyRecipe, {"seed": snakemake.params.seed, **snakemake.params.recipe},
