@@ -80,6 +80,7 @@ def attribute(
     metric: Metric,
     method: Method = "EAP-IG-inputs",
     intervention: Intervention = "patching",
+    *,
     ig_steps: int = 5,
     means: Tensor | None = None,
     tracer: Tracer | None = None,

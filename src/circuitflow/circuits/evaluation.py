@@ -26,7 +26,7 @@ MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch], metric: Metric,
-                   intervention: Intervention = "patching", means: Tensor | None = None) -> Tensor:
+                   intervention: Intervention = "patching", *, means: Tensor | None = None) -> Tensor:
     """``[n_masks, N]`` per-example metric of each circuit mask in ``in_graph`` ``[n_masks, n_up, n_down]``."""
     missing = tracer.shape.valid.unsqueeze(0) & ~in_graph.bool()
     rows = []
@@ -42,15 +42,15 @@ def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch
 
 
 def evaluate_graph(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,
-                   intervention: Intervention = "patching", means: Tensor | None = None,
+                   intervention: Intervention = "patching", *, means: Tensor | None = None,
                    tracer: Tracer | None = None) -> Tensor:
     """``[N]``: the per-example metric with ``graph.in_graph`` as the circuit."""
     tracer = tracer or Tracer(bridge)
-    return evaluate_masks(tracer, graph.in_graph.unsqueeze(0), batches, metric, intervention, means)[0]
+    return evaluate_masks(tracer, graph.in_graph.unsqueeze(0), batches, metric, intervention, means=means)[0]
 
 
 def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,
-                       intervention: Intervention = "patching", fractions: Sequence[float] = MIB_FRACTIONS,
+                       intervention: Intervention = "patching", *, fractions: Sequence[float] = MIB_FRACTIONS,
                        selection: Selection = "topn", absolute: bool = True, means: Tensor | None = None,
                        tracer: Tracer | None = None) -> pd.DataFrame:
     """Faithfulness of the circuits of ``graph`` at each edge fraction (all sizes evaluated in one batched pass).
@@ -69,7 +69,7 @@ def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metri
     graph.in_graph = kept
     valid = tracer.shape.valid
     masks = torch.stack([valid, torch.zeros_like(valid), *masks])
-    values = evaluate_masks(tracer, masks, batches, metric, intervention, means).mean(1).double()
+    values = evaluate_masks(tracer, masks, batches, metric, intervention, means=means).mean(1).double()
     full, empty = float(values[0]), float(values[1])
     gap = full - empty
     if not math.isfinite(gap) or abs(gap) < 1e-12:

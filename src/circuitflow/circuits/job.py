@@ -35,7 +35,7 @@ def load_model_job(handle_path: str, device: str, dtype: str, device_map: str | 
     return ModelJob(handle, bridge, load_tokenizer(handle), Tracer(bridge))
 
 
-def load_circuit_job(handle_path: str, prompts_path: str, answers_paths: Sequence[str], circuits: dict,
+def load_circuit_job(handle_path: str, prompts_path: str, answers_paths: Sequence[str], circuits: dict, *,
                      device: str, dtype: str, device_map: str | None) -> CircuitJob:
     """Load the model and the prompt pairs; for ``mean``/``mean-positional`` interventions, average the upstream
     outputs over every legal prompt of every operator (the ``answers`` tables), as the arithmetic paper does."""

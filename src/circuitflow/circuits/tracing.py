@@ -120,7 +120,7 @@ class Tracer:
         return (total / count).to(self.anatomy.layers[0].W_O.dtype)
 
     # ------------------------------------------------------------------ gradients at downstream inputs
-    def gradient_pass(self, batch: PairBatch, clean_logits: Tensor, metric: Metric, delta: Tensor, scores: Tensor,
+    def gradient_pass(self, batch: PairBatch, clean_logits: Tensor, metric: Metric, delta: Tensor, scores: Tensor, *,
                       edits: list[Edit] = (), up: slice = slice(None), weight: float = 1.0) -> None:
         """One forward/backward on ``batch.clean`` with ``edits`` applied; add ``weight · Σ_examples Σ_pos
         Δ_u · ∂L/∂x_v`` to ``scores[u, v]`` for upstream nodes u in ``up`` (L = Σ of the per-example metric)."""

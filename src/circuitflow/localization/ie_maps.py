@@ -41,7 +41,7 @@ def _logit_diff_change(logits, clean_logits, lengths, labels):
     return logit_diff(logits, clean_logits, lengths, labels) - clean
 
 
-def ie_map(tracer: Tracer, tokenizer, prompts: pd.DataFrame, pool: pd.DataFrame, seeds: Sequence[int],
+def ie_map(tracer: Tracer, tokenizer, prompts: pd.DataFrame, pool: pd.DataFrame, seeds: Sequence[int], *,
            batch_size: int = 64, max_rows: int = 4096, progress: bool = True) -> pd.DataFrame:
     """The IE map table: one row per ``seed, layer, component (head|mlp), head (-1 for MLPs), position`` with the
     mean over prompts of ``ie`` and ``logit_diff_change``, their medians (``ie_median``, ``logit_diff_change_median``)

@@ -21,7 +21,8 @@ def exact_neuron_effects(tracer: Tracer, batches: Sequence[PairBatch], layer: in
     """``[N, d_mlp]`` (float64): the IE of patching each neuron of ``layer`` alone at the last position (many
     neurons per forward pass, see :func:`last_position_neuron_patching`)."""
     neurons = torch.arange(tracer.anatomy.d_mlp)
-    return torch.cat([last_position_neuron_patching(tracer, batch, layer, neurons, ie, max_rows) for batch in batches])
+    return torch.cat([last_position_neuron_patching(tracer, batch, layer, neurons, ie, max_rows=max_rows)
+                      for batch in batches])
 
 
 def neuron_table(tracer: Tracer, batches: Sequence[PairBatch], exact_layers: Sequence[int] = (),

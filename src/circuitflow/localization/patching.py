@@ -101,7 +101,7 @@ def component_sites(n_layers: int, n_heads: int, positions: list[int]) -> dict[s
 
 
 @torch.no_grad()
-def last_position_neuron_patching(tracer: Tracer, batch: PairBatch, layer: int, neurons: Tensor, metric: Metric,
+def last_position_neuron_patching(tracer: Tracer, batch: PairBatch, layer: int, neurons: Tensor, metric: Metric, *,
                                   max_rows: int = 8192) -> Tensor:
     """``[b, n]`` (float64): ``metric`` after patching each neuron of ``layer`` alone at the last position, from the
     corrupt prompt; many neurons per forward pass, each a copy of the batch.
