@@ -43,7 +43,7 @@ def main() -> None:
     fixed = heuristic_set(op1, op2, result, spec)
 
     start = time.perf_counter()
-    found = classify(acts, direct, neurons, op1, op2, result, spec, device=args.device)
+    found = classify(acts, direct, neurons, op1, op2, result, spec=spec, null_permutations=0, device=args.device)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t_fast = time.perf_counter() - start
