@@ -55,3 +55,11 @@ def test_last_logits_equal_the_full_forward_on_every_path(tiny_dir):
     for keep in (True, False):
         tracer.contract = dataclasses.replace(tracer.contract, logits_to_keep=keep)
         torch.testing.assert_close(tracer.last_logits(tokens), full, rtol=0, atol=1e-12)
+
+
+def test_the_prefix_cache_decision_does_not_depend_on_the_dtype(tiny_dir):
+    """Half-precision rounding must not hide an ignored cache nor refuse a working one: bf16 decides as float64
+    (whose decision test_localization checks against the naive loop)."""
+    decisions = [Tracer(load_bridge(ModelHandle("tiny", str(tiny_dir)), device="cpu", dtype=dtype)).contract
+                 for dtype in ("float64", "bfloat16")]
+    assert decisions[0].prefix_cache == decisions[1].prefix_cache

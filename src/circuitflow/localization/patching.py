@@ -69,12 +69,12 @@ def patch_sites(tracer: Tracer, batch: PairBatch, layer: Tensor, unit: Tensor, p
         r_row, r_ex = torch.arange(n_sites * b), torch.arange(b).repeat(n_sites)
 
         def patch(source: Tensor, sel: Tensor, tensor: Tensor, hook) -> Tensor:
-            at = [t[sel].to(tensor.device) for t in (r_row, r_ex, r_pos, r_unit)]
+            row, ex, p, u = (t[sel].to(tensor.device) for t in (r_row, r_ex, r_pos, r_unit))
+            source = source.to(tensor.device)  # a no-op: captured at this very hook
             if tensor.dim() == 4:  # hook_z [rows, pos, head, d_head]: one head
-                tensor[at[0], at[2], at[3]] = source[at[1].to(source.device), at[2].to(source.device),
-                                                     at[3].to(source.device)].to(tensor.device)
+                tensor[row, p, u] = source[ex, p, u]
             else:  # mlp.hook_post [rows, pos, d_mlp]: the whole MLP
-                tensor[at[0], at[2]] = source[at[1].to(source.device), at[2].to(source.device)].to(tensor.device)
+                tensor[row, p] = source[ex, p]
             return tensor
 
         hooks = []

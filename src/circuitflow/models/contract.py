@@ -116,12 +116,25 @@ def _forward_checks(bridge, hook_names: tuple[str, ...]) -> BridgeContract:
     if silent:
         raise BridgeContractError(f"hook {silent[0]!r} never fires in a forward pass of this bridge "
                                   f"({bridge.cfg.architecture}): the circuit engine cannot read or patch it")
-    kept = bridge(tokens, logits_to_keep=1)
-    scale = 64 * torch.finfo(param.dtype).eps * float(full.abs().max())
-    keeps = kept.shape[1] == 1 and float((kept.double() - full.double()).abs().max()) <= scale
+    return BridgeContract(prefix_cache=_prefix_cache_agrees(bridge, tokens, full, param.dtype),
+                          logits_to_keep=_logits_to_keep_agrees(bridge, tokens, full, param.dtype))
+
+
+def _logits_to_keep_agrees(bridge, tokens: Tensor, full: Tensor, dtype: torch.dtype) -> bool:
+    try:
+        kept = bridge(tokens, logits_to_keep=1)
+    except TypeError:  # a model whose forward does not take the argument
+        return False
+    scale = 64 * torch.finfo(dtype).eps * float(full.abs().max())
+    return kept.shape[1] == 1 and float((kept.double() - full.double()).abs().max()) <= scale
+
+
+def _prefix_cache_agrees(bridge, tokens: Tensor, full: Tensor, dtype: torch.dtype) -> bool:
+    try:
+        cached = logits_on_prefix(bridge, prefix_cache(bridge, tokens[:, :-1]), tokens[:, -1:], 2)
+    except (TypeError, ValueError, AttributeError, NotImplementedError):  # no usable cache: whole prompts instead
+        return False
     alone = bridge(tokens[:, -1:])
-    cached = logits_on_prefix(bridge, prefix_cache(bridge, tokens[:, :-1]), tokens[:, -1:], 2)
     error = float((cached.double() - full.double().repeat(2, 1, 1)).abs().max())
     context = float((alone.double() - full.double()).abs().max())
-    return BridgeContract(prefix_cache=error <= CACHE_TOLERANCE.get(param.dtype, 5e-2) * context,
-                          logits_to_keep=keeps)
+    return error <= CACHE_TOLERANCE.get(dtype, 5e-2) * context
