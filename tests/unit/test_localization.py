@@ -164,3 +164,14 @@ def test_ie_map_table_on_the_toy_model(toy_handle):
     assert (values.dtypes == "float64").all() and np.isfinite(values.to_numpy()).all()
     assert (table["n_prompts"] == 4).all()
     assert len(top_heads(table, 3)) == 3
+
+
+def test_neuron_table_columns_are_float64_and_finite(tracer):
+    from circuitflow.localization.neuron_scores import neuron_table
+
+    table = neuron_table(tracer, [random_pairs(3, seed=11)], exact_layers=[1], progress=False)
+    columns = ["attribution_mean", "attribution_std", "importance", "exact_ie"]
+    assert (table[columns].dtypes == "float64").all()
+    assert np.isfinite(table[columns[:3]].to_numpy()).all()
+    assert np.isfinite(table.loc[table["layer"] == 1, "exact_ie"]).all()
+    assert table.loc[table["layer"] == 0, "exact_ie"].isna().all()
