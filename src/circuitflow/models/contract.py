@@ -81,6 +81,12 @@ def bridge_contract(bridge, hook_names: Iterable[str]) -> BridgeContract:
     return _CHECKED[bridge]
 
 
+def input_embedding(bridge) -> Tensor:
+    """The input embedding matrix of the bridge's model: its device is where tokens go (on a model split over
+    devices, not necessarily that of the first parameter), its dtype the model's."""
+    return bridge.original_model.get_input_embeddings().weight
+
+
 def prefix_cache(bridge, prefix: Tensor):
     """The Hugging Face key/value cache of ``prefix`` ``[b, pos]`` (the bridge's ``logits_and_cache`` return)."""
     with warnings.catch_warnings():  # see logits_on_prefix
@@ -102,7 +108,7 @@ def logits_on_prefix(bridge, cache, last: Tensor, n: int) -> Tensor:
 
 @torch.no_grad()
 def _forward_checks(bridge, hook_names: tuple[str, ...]) -> BridgeContract:
-    param = next(bridge.parameters())
+    param = input_embedding(bridge)
     vocab = int(bridge.cfg.d_vocab)
     tokens = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(0)).to(param.device)
     fired: set[str] = set()
