@@ -12,11 +12,12 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p, c, op = snakemake.params, snakemake.params.circuits, snakemake.wildcards.op
     job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers,
-                           {**c, "batch_size": perf.circuits_batch_size}, perf.device, p.dtype, perf.device_map)
+                           {**c, "batch_size": perf.circuits_batch_size}, device=perf.device, dtype=p.dtype,
+                           device_map=perf.device_map)
     graphs = {}
     for method, pt, js in zip(c["methods"], snakemake.output.graphs, snakemake.output.json):
-        graph = attribute(job.bridge, job.batches, get_metric(c["metric"]), method, c["intervention"], c["ig_steps"],
-                          means=job.means, tracer=job.tracer)
+        graph = attribute(job.bridge, job.batches, get_metric(c["metric"]), method, c["intervention"],
+                          ig_steps=c["ig_steps"], means=job.means, tracer=job.tracer)
         graph.meta.update(model=job.handle.name, revision=job.handle.revision, operator=op, metric=c["metric"],
                           provenance=current_provenance())
         graph.save(pt)

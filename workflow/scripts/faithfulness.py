@@ -12,12 +12,13 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p, c = snakemake.params, snakemake.params.circuits
     job = load_circuit_job(snakemake.input.handle, snakemake.input.prompts, snakemake.input.answers,
-                           {**c, "batch_size": perf.circuits_batch_size}, perf.device, p.dtype, perf.device_map)
+                           {**c, "batch_size": perf.circuits_batch_size}, device=perf.device, dtype=p.dtype,
+                           device_map=perf.device_map)
     curves, areas = [], []
     for method, path in zip(c["methods"], snakemake.input.graphs):
         curve = faithfulness_curve(job.bridge, Graph.load(path), job.batches, get_metric(c["metric"]),
-                                   c["intervention"], c["fractions"], c["selection"], c["absolute"], means=job.means,
-                                   tracer=job.tracer)
+                                   c["intervention"], fractions=c["fractions"], selection=c["selection"],
+                                   absolute=c["absolute"], means=job.means, tracer=job.tracer)
         curves.append(with_labels(curve, method=method))
         areas.append(dict(method=method, **area_scores(curve), selection=c["selection"], absolute=c["absolute"]))
         log.info("%s: CPR %.3f, CMD %.3f", method, areas[-1]["cpr"], areas[-1]["cmd"])
