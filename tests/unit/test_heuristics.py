@@ -29,7 +29,7 @@ from circuitflow.heuristics import (
 )
 from circuitflow.heuristics.knockout import random_control
 from circuitflow.models import ModelHandle, load_bridge
-from tests.conftest import save_tiny_model
+from tests.conftest import TINY_ARCHS, save_tiny_model
 
 
 def grid(op: str = "add", top: int = 40, answer_max: int | None = None):
@@ -213,7 +213,7 @@ def test_a_planted_heuristic_beats_its_permutation_null_and_noise_does_not():
     assert unchecked.table["p_value"].isna().all() and not unchecked.table["beats_null"].any()
 
 
-@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
+@pytest.fixture(scope="module", params=TINY_ARCHS)
 def tracer(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     return Tracer(load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64"))
@@ -233,8 +233,11 @@ def test_neuron_activations_and_value_logits_match_direct_computation(tracer):
         assert acts[row].double() == pytest.approx(expected.double(), abs=1e-6)
         assert predicted[row] == logits[0, -1].argmax()
     hf = tracer.bridge.original_model
-    out_weights = [hf.get_submodule(name).weight for name, _ in hf.named_modules()
-                   if name.endswith(("dense_4h_to_h", "down_proj"))]
+    # [d_model, d_mlp] per layer; GPT-2's Conv1D stores the transpose of nn.Linear's weight
+    # (the bridge wraps HF's modules: select the plain Linear / Conv1D leaves of each MLP's output projection)
+    out_weights = [m.weight.T if type(m).__name__ == "Conv1D" else m.weight for name, m in hf.named_modules()
+                   if type(m).__name__ in ("Linear", "Conv1D")
+                   and re.search(r"dense_4h_to_h|down_proj|fc_out|mlp\..*c_proj", name)]
     token_ids = torch.tensor([4, 9, 20])
     expected = torch.stack([out_weights[layer][:, neuron] for layer, neuron in neurons.tolist()])
     expected = expected @ hf.get_output_embeddings().weight[token_ids].T

@@ -21,11 +21,11 @@ from circuitflow.localization.mean_ablation import (
     site_means,
 )
 from circuitflow.models import ModelHandle, load_bridge
-from tests.conftest import save_tiny_model
+from tests.conftest import TINY_ARCHS, save_tiny_model
 from tests.unit.test_circuits import random_pairs
 
 
-@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])
+@pytest.fixture(scope="module", params=TINY_ARCHS)
 def tracer(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     return Tracer(load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64"))

@@ -27,7 +27,7 @@ def post_activations(tracer: Tracer, tokens: Tensor) -> tuple[Tensor, Tensor, Te
     """(logits, input-node output ``[b, p, d_model]``, MLP hidden activations ``[b, p, n_layers, d_mlp]``)."""
     posts = tracer.layer_hooks("mlp_post")
     logits, store = tracer.capture(tokens, {"input": tracer.anatomy.input_hook, **posts})
-    return logits, store["input"], torch.stack([store[key] for key in posts], dim=2)
+    return logits, store["input"], torch.stack([store[key].to(tracer.device) for key in posts], dim=2)
 
 
 def neuron_attribution(
@@ -69,13 +69,13 @@ def neuron_attribution(
             keep = torch.zeros(clean_post.shape[:2], device=tracer.device, dtype=clean_post.dtype)
             keep[torch.arange(len(batch)), batch.lengths - 1] = 1
             delta_post = delta_post * keep[:, :, None, None]
-        scores = torch.zeros(len(batch), a.n_layers, a.d_mlp, device=tracer.device)
+        scores = torch.zeros(len(batch), a.n_layers, a.d_mlp, device=tracer.device, dtype=torch.float64)
         alphas = input_alphas(method, ig_steps)
         for alpha in alphas:
             grads: dict[int, Tensor] = {}
 
             def edit(tensor, hook, beta=1 - alpha):
-                return (tensor + beta * delta_in).detach().requires_grad_(True)
+                return (tensor + beta * delta_in.to(tensor.device)).detach().requires_grad_(True)
 
             def keep_grad(layer, grad, hook):
                 grads[layer] = grad.detach()
@@ -86,7 +86,7 @@ def neuron_attribution(
                 if not torch.isfinite(value).all():
                     raise FloatingPointError("the metric is NaN or infinite on some prompts")
                 value.sum().backward()
-            grad = torch.stack([grads[i] for i in range(a.n_layers)], dim=2)
-            scores += (delta_post * grad).sum(1).float() / len(alphas)
+            grad = torch.stack([grads[i].to(tracer.device) for i in range(a.n_layers)], dim=2)
+            scores += (delta_post * grad).sum(1).double() / len(alphas)
         out.append(scores.cpu())
     return torch.cat(out)

@@ -48,7 +48,7 @@ def neuron_activations(tracer: Tracer, tokenizer, texts: Sequence[str], neurons:
     out, predicted = torch.empty(len(texts), len(neurons)), torch.empty(len(texts), dtype=torch.long)
     for rows, tokens in indexed_token_batches(tokenizer, list(texts), batch_size):
         logits, store = tracer.capture(tokens, names)
-        last = torch.stack([store[str(layer)][:, -1] for layer in layers], dim=1).float().cpu()  # [b, layers, d_mlp]
+        last = torch.stack([store[str(layer)][:, -1].float().cpu() for layer in layers], dim=1)  # [b, layers, d_mlp]
         out[rows] = last[:, slot, neurons[:, 1]]
         predicted[rows] = logits[:, -1].argmax(-1).cpu()
     return out, predicted
@@ -63,7 +63,7 @@ def value_logits(tracer: Tracer, neurons: Tensor, token_ids: Tensor) -> Tensor:
     for layer in sorted(set(neurons[:, 0].tolist())):
         here = (neurons[:, 0] == layer).nonzero().squeeze(1)
         w_out = probe_rows(tracer.bridge.blocks[layer].mlp.out, tracer.anatomy.d_mlp, neurons[here, 1])
-        out[here] = (w_out @ w_u.to(w_out.dtype)).float().cpu()
+        out[here] = (w_out @ w_u.to(w_out.device, w_out.dtype)).float().cpu()
     return out
 
 

@@ -55,7 +55,7 @@ def ov_transition(tracer: Tracer, layer: int, head: int, token_ids: Sequence[int
     value input, column = token whose logit it raises."""
     la = tracer.anatomy.layers[layer]
     group = head // tracer.anatomy.group_size
-    w_u = unembedding(tracer.bridge)[:, list(token_ids)].to(la.W_V.dtype)
+    w_u = unembedding(tracer.bridge)[:, list(token_ids)].to(la.W_V.device, la.W_V.dtype)
     return (w_u.T @ la.W_V[group] @ la.W_O[head] @ w_u).float().cpu()
 
 

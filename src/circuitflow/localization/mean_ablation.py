@@ -36,8 +36,8 @@ def site_means(tracer: Tracer, token_batches: Sequence[Tensor]) -> tuple[Tensor,
     z_sum, post_sum, count = 0, 0, 0
     for tokens in token_batches:
         _, z, post = site_activations(tracer, tokens)
-        z_sum = z_sum + torch.stack(z).double().sum(1)
-        post_sum = post_sum + torch.stack(post).double().sum(1)
+        z_sum = z_sum + torch.stack([t.to(tracer.device) for t in z]).double().sum(1)
+        post_sum = post_sum + torch.stack([t.to(tracer.device) for t in post]).double().sum(1)
         count += tokens.shape[0]
     if count == 0:
         raise ValueError("the mean-ablation dataset is empty")
@@ -58,7 +58,7 @@ def ablated_metrics(tracer: Tracer, batch: PairBatch, z_mean: Tensor, post_mean:
     def ablate(mean, keep, tensor, hook):  # keep [V, units]; tensor [V*b, p, units, ...]
         shaped = tensor.unflatten(0, (n_var, b))
         k = keep.view(n_var, 1, 1, *keep.shape[1:], *([1] * (shaped.dim() - 4)))
-        return torch.where(k, shaped, mean[:pos].unsqueeze(0).unsqueeze(0)).flatten(0, 1)
+        return torch.where(k.to(tensor.device), shaped, mean[:pos].to(tensor.device, tensor.dtype)[None, None]).flatten(0, 1)
 
     hooks = []
     for i, la in enumerate(tracer.anatomy.layers):
