@@ -1,0 +1,125 @@
+"""Reruns cost only what changed: on a finished run of a reduced tiny config, a changed config key plans exactly the
+jobs that read it (and their consumers), performance settings plan nothing, a real scoped rerun touches nothing
+else and a no-op rerun takes seconds. Every table and graph records its provenance; every job its benchmark."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from circuitflow.provenance import read_provenance
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.workflow
+
+
+def base_config() -> dict:
+    """tests/configs/tiny.yaml with one operator, one model and fewer methods, seeds, checkpoints (faster)."""
+    config = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+    config["operators"] = ["add"]
+    config["models"] = {"toy": config["models"]["toy"]}
+    config["models"]["toy"]["recipe"]["checkpoint_steps"] = [0, 300]
+    config["circuits"]["methods"] = ["EAP", "exact"]
+    config["localization"]["seeds"] = [0]
+    return config
+
+
+def write_config(folder: Path, name: str, **changes) -> Path:
+    """The base config with ``changes`` (``section__key=value`` or ``key=value``) written to ``folder/name.yaml``."""
+    config = copy.deepcopy(base_config())
+    for dotted, value in changes.items():
+        *sections, key = dotted.split("__")
+        target = config
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+def rules_in(run: subprocess.CompletedProcess) -> set[str]:
+    """The rules of the jobs a (dry) run lists."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    return set(re.findall(r"^(?:local)?rule (\w+):", run.stdout + run.stderr, re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("reruns")
+    run = snakemake(folder, write_config(folder, "base"))
+    assert run.returncode == 0, run.stderr[-4000:]
+    return folder
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(circuits__draw_edges=5), {"draw_circuits", "report", "all"}),
+    (dict(localization__attention_heads=1), {"attention", "plot_localization", "report", "all"}),
+    (dict(localization__exact_neuron_layers=[]),  # neuron scores and their consumers, not the IE maps or attention
+     {"neuron_scores", "paper_circuits", "heuristics", "checkpoint_heuristics", "plot_localization",
+      "plot_paper_faithfulness", "plot_heuristics", "plot_checkpoint_heuristics", "report", "all"}),
+])
+def test_a_changed_key_plans_only_the_jobs_that_read_it(workdir, changes, expected):
+    assert rules_in(snakemake(workdir, write_config(workdir, "changed", **changes), "-n")) == expected
+
+
+def test_performance_settings_plan_nothing(workdir):
+    changed = write_config(workdir, "performance", batch_size=7, device_map="auto", circuits__batch_size=3,
+                           localization__batch_size=2)
+    run = snakemake(workdir, changed, "-n")
+    assert rules_in(run) == set() and "Nothing to be done" in run.stdout + run.stderr
+
+
+def test_outputs_record_their_provenance_and_jobs_their_benchmarks(workdir):
+    import torch
+
+    from circuitflow.circuits import Graph
+
+    results = workdir / "results"
+    tables = [p for p in results.rglob("*.parquet") if ".partial" not in p.parts]
+    assert len(tables) >= 20
+    for path in tables:
+        record = read_provenance(path)
+        assert record is not None, path
+        assert record["model"] == "toy" and record["git"]["commit"] and record["packages"]["torch"], path
+        assert len(record["config_hash"]) == 12 and len(record["code"]) == 12, path
+    ie_map = read_provenance(results / "toy/ie_maps/add.parquet")
+    assert ie_map["revision"] == "step600" and ie_map["config"]["loc"] == {"seeds": [0]}
+    assert "batch_size" not in str(ie_map["config"])  # performance settings are not part of a job's config
+    graph = Graph.load(results / "toy/graphs/add/EAP.pt")
+    assert graph.meta["provenance"]["config"]["circuits"]["methods"] == ["EAP", "exact"]
+    assert graph.meta["provenance"]["packages"]["torch"] == torch.__version__
+    bench = pd.read_csv(results / "benchmarks/attribute/toy_add.tsv", sep="\t")
+    assert {"s", "max_rss"} <= set(bench.columns) and bench["s"].iloc[0] > 0
+    assert {p.parent.name for p in (results / "benchmarks").rglob("*.tsv")} >= {"train_toy", "ie_maps", "report"}
+
+
+def test_a_scoped_rerun_touches_only_the_drawings_and_a_noop_rerun_is_fast(workdir):
+    results = workdir / "results"
+    drawings = sorted((results / "figures/toy/circuits").rglob("*.png"))
+    others = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file() and p.suffix != ".png"
+              and "logs" not in p.parts and "benchmarks" not in p.parts and p.name != "report.html"}
+    before = {p: p.stat().st_mtime_ns for p in drawings}
+    changed = write_config(workdir, "drawn", circuits__draw_edges=5)
+    assert rules_in(snakemake(workdir, changed)) == {"draw_circuits", "report", "all"}
+    assert all(p.stat().st_mtime_ns != before[p] for p in drawings)
+    assert others == {p: p.stat().st_mtime_ns for p in others}
+    start = time.perf_counter()
+    run = snakemake(workdir, changed)
+    seconds = time.perf_counter() - start
+    assert "Nothing to be done" in run.stdout + run.stderr
+    assert seconds < 5, f"a no-op rerun took {seconds:.1f} s (about 2 s expected)"
