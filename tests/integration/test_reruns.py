@@ -109,6 +109,8 @@ def test_outputs_record_their_provenance_and_jobs_their_benchmarks(workdir):
 
 
 def test_a_scoped_rerun_touches_only_the_drawings_and_a_noop_rerun_is_fast(workdir):
+    """Also: a job run again unchanged writes the same bytes, so (Snakemake compares small files by checksum) its
+    consumers do not rerun."""
     results = workdir / "results"
     drawings = sorted((results / "figures/toy/circuits").rglob("*.png"))
     others = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file() and p.suffix != ".png"
@@ -118,6 +120,10 @@ def test_a_scoped_rerun_touches_only_the_drawings_and_a_noop_rerun_is_fast(workd
     assert rules_in(snakemake(workdir, changed)) == {"draw_circuits", "report", "all"}
     assert all(p.stat().st_mtime_ns != before[p] for p in drawings)
     assert others == {p: p.stat().st_mtime_ns for p in others}
+    accuracy = results / "toy/accuracy.parquet"
+    written = accuracy.read_bytes()
+    assert rules_in(snakemake(workdir, changed, "--force", "results/toy/accuracy.parquet")) == {"accuracy"}
+    assert accuracy.read_bytes() == written
     start = time.perf_counter()
     run = snakemake(workdir, changed)
     seconds = time.perf_counter() - start
