@@ -15,13 +15,9 @@ Every formula the docstrings cite is in ``docs/definitions.md``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-from pathlib import Path
 
 __version__ = "0.1.0"
-
-PACKAGE_DIR = Path(__file__).resolve().parent
 
 # name -> the module that defines it: the top-level API, imported lazily by __getattr__
 EXPORTS: dict[str, str] = {
@@ -41,7 +37,7 @@ EXPORTS: dict[str, str] = {
     **dict.fromkeys(("HeuristicSpec", "classify", "heuristic_knockout", "prompt_knockout"), "circuitflow.heuristics"),
 }
 
-__all__ = sorted([*EXPORTS, "code_version"])
+__all__ = sorted(EXPORTS)
 
 
 def __getattr__(name: str):
@@ -55,21 +51,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-def code_version(*modules: str) -> str:
-    """A short hash of the sources of the named library modules (``"toy"``, ``"models"``, ...).
-
-    Workflow rules carry it in ``params:`` so that Snakemake reruns a job when the code it runs changes
-    (Snakemake does not track modules imported by scripts). A package name hashes all its files.
-    """
-    digest = hashlib.sha256(__version__.encode())
-    for name in sorted(modules):
-        target = PACKAGE_DIR / name.replace(".", "/")
-        files = sorted(target.rglob("*.py")) if target.is_dir() else [target.with_suffix(".py")]
-        if not files or not files[0].exists():
-            raise ValueError(f"code_version: no module circuitflow.{name}")
-        for file in files:
-            digest.update(file.relative_to(PACKAGE_DIR).as_posix().encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]

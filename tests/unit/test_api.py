@@ -38,7 +38,7 @@ def test_every_public_name_imports_from_the_module_that_defines_it():
 def test_the_names_the_readme_promises_are_public():
     promised = {"read_handle", "load_bridge", "load_tokenizer", "Tracer", "attribute", "evaluate_graph",
                 "faithfulness_curve", "area_scores", "Graph", "pair_batches", "to_eap_json", "from_eap_json",
-                "logit_diff", "ie_map", "neuron_table", "paper_faithfulness", "analyse_heuristics", "code_version"}
+                "logit_diff", "ie_map", "neuron_table", "paper_faithfulness", "analyse_heuristics"}
     assert promised <= set(circuitflow.__all__)
 
 
