@@ -77,3 +77,12 @@ def test_shipped_real_model_configs_are_valid(name):
     assert all(spec.source == "hub" for spec in specs.values())
     if name == "pythia-1.4b.yaml":
         assert specs["pythia-1.4b-deduped"].checkpoints[0] == "step512"
+
+
+def test_toy_llama_config_is_the_default_with_a_llama_toy():
+    llama = yaml.safe_load((ROOT / "configs" / "toy-llama.yaml").read_text())
+    config, specs = load_workflow_config(llama, SCHEMA)
+    assert specs["toy"].recipe["architecture"] == "llama" and config["heuristics"]["two_sided"] is True
+    recipe = llama["models"]["toy"]["recipe"]
+    del recipe["architecture"], recipe["n_kv_heads"], llama["heuristics"]["two_sided"]
+    assert llama == DEFAULT  # nothing else differs from config.yaml
