@@ -17,15 +17,25 @@ import pandas as pd
 from circuitflow.provenance import PROVENANCE_KEY, current, encode
 
 
+def umask_mode(directory: bool) -> int:
+    """The mode a plain ``open``/``mkdir`` would give under the process's umask (``mkstemp``/``mkdtemp`` give
+    0600/0700, which would keep results private to their owner on a shared lab or cluster folder)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary file path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary file path beside ``path``; rename it onto ``path`` only if the block succeeds. The file
+    gets the umask's mode, like any other new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, umask_mode(directory=False))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -34,12 +44,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds, with the umask's
+    mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        os.chmod(tmp, umask_mode(directory=True))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

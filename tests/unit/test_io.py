@@ -50,3 +50,24 @@ def test_write_parquet_stores_provenance_and_keeps_pandas_attrs(tmp_path):
     assert read_provenance(tmp_path / "t.parquet") == record
     assert pd.read_parquet(tmp_path / "t.parquet").attrs == {"prompt_config": {"k": 5}}
     assert (tmp_path / "t.parquet").read_bytes() == (tmp_path / "u.parquet").read_bytes()  # canonical JSON
+
+
+def test_atomic_outputs_get_the_umask_modes_not_private_ones(tmp_path):
+    import os
+
+    from circuitflow.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+        write_json({"a": 1}, tmp_path / "t.json")
+        with atomic_dir(tmp_path / "d") as folder:
+            (folder / "f").write_text("x")
+        os.umask(0o077)
+        write_json({"a": 1}, tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
