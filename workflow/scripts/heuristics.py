@@ -17,6 +17,7 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     result = analyse_heuristics(
         job.tracer, job.tokenizer, pd.read_parquet(i.answers), pd.read_parquet(i.neurons), first_layer,
         h["neurons_per_layer"], spec=spec, threshold=h["threshold"], two_sided=h["two_sided"],
+        null_permutations=h["null_permutations"],
         min_neurons=h["knockout_min_neurons"], max_prompts=h["max_prompts"],
         knockout_per_layer=h["knockout_neurons_per_layer"], map_neurons=h["map_neurons"], seed=p.seed,
         batch_size=perf.batch_size)
