@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 UV_VERSION := 0.13.9
+# torch's OpenMP threads spin at each parallel region; on shared cores that slows small models many-fold (waiting
+# passively changes no arithmetic: trained weights are bit-identical)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: run test install lock
 
