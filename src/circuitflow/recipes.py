@@ -49,16 +49,20 @@ class ToyRecipe:
         object.__setattr__(self, "checkpoint_steps", tuple(sorted(set(self.checkpoint_steps) | {self.steps})))
         bad = [s for s in self.checkpoint_steps if s < 0 or s > self.steps]
         if bad:
-            raise ValueError(f"checkpoint_steps {bad} lie outside 0..steps={self.steps}")
+            raise ValueError(f"checkpoint_steps {bad} lie outside 0..steps={self.steps}; drop them or raise steps")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}; change one of them")
         if self.architecture != "llama":
             if self.n_kv_heads is not None:
                 raise ValueError(f"n_kv_heads applies to architecture llama only (this is {self.architecture}); "
                                  "remove it")
             return
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model={self.d_model}: a llama toy's head size d_model/n_heads="
+                             f"{self.d_model // self.n_heads} must be even (rotary embeddings); change d_model or "
+                             "n_heads")
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads // 2 if self.n_heads % 2 == 0 else self.n_heads)
         if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:

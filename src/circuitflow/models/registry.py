@@ -54,9 +54,26 @@ def _toy_checkpoints(recipe: dict, where: str) -> tuple[str, ...]:
 
     try:
         steps = recipe_from_dict(ToyRecipe, recipe, where).checkpoint_steps
-    except (TypeError, ValueError) as err:
+    except ValueError as err:
         raise ConfigError(str(err)) from None
     return tuple(f"step{s}" for s in steps)
+
+
+def _check_lora_training(spec: ModelSpec, base: ModelSpec) -> None:
+    """``adapter.train`` must build a :class:`~circuitflow.recipes.LoraRecipe` whose ``target_modules`` are
+    projections of the toy base's architecture."""
+    from circuitflow.recipes import LORA_TARGETS, LoraRecipe, recipe_from_dict
+
+    where = f"models.{spec.name}.adapter.train"
+    try:
+        recipe = recipe_from_dict(LoraRecipe, spec.adapter["train"], where)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    architecture = base.recipe.get("architecture", "gpt_neox")
+    unknown = [m for m in recipe.targets(architecture) if m.rsplit(".", 1)[-1] not in LORA_TARGETS[architecture]]
+    if unknown:
+        raise ConfigError(f"{where}.target_modules: {unknown} are not projections of {base.name} ({architecture}); "
+                          f"use names from {list(LORA_TARGETS[architecture])} or null for all")
 
 
 def expand_models(entries: dict[str, dict]) -> dict[str, ModelSpec]:
@@ -102,6 +119,8 @@ def _check_lora(spec: ModelSpec, specs: dict[str, ModelSpec]) -> None:
     if "train" in spec.adapter and base.source != "toy":
         raise ConfigError(f"{where}.adapter.train: only a toy base can be fine-tuned by the workflow; give "
                           "adapter.path to an adapter trained elsewhere")
+    if "train" in spec.adapter:
+        _check_lora_training(spec, base)
     if "path" in spec.adapter and not Path(spec.adapter["path"]).exists():
         raise ConfigError(f"{where}.adapter.path: {spec.adapter['path']!r} does not exist; point it at a peft "
                           "adapter directory or a raw LoRA .safetensors file")
