@@ -189,9 +189,15 @@ def _check_toy_shape(config: dict, name: str, spec: ModelSpec) -> None:
         if config["localization"][key] > heads:
             raise ConfigError(f"localization.{key}={config['localization'][key]}: {name} has only {heads} heads "
                               f"({recipe.n_layers} layers x {recipe.n_heads}); use at most {heads}")
-    if config["heuristics"]["neurons_per_layer"] > recipe.d_mlp:
-        raise ConfigError(f"heuristics.neurons_per_layer={config['heuristics']['neurons_per_layer']}: {name} has "
-                          f"only {recipe.d_mlp} neurons per layer (d_mlp); use at most {recipe.d_mlp}")
+    heur = config["heuristics"]
+    if heur["neurons_per_layer"] > recipe.d_mlp:
+        raise ConfigError(f"heuristics.neurons_per_layer={heur['neurons_per_layer']}: {name} has only {recipe.d_mlp} "
+                          f"neurons per layer (d_mlp); use at most {recipe.d_mlp}")
+    classified = recipe.n_layers * heur["neurons_per_layer"]
+    if heur["map_neurons"] > classified:
+        raise ConfigError(f"heuristics.map_neurons={heur['map_neurons']}: at most {classified} neurons of {name} are "
+                          f"classified ({recipe.n_layers} layers x heuristics.neurons_per_layer); use at most "
+                          f"{classified}")
 
 
 def check_localization(config: dict, specs: dict[str, ModelSpec]) -> None:
