@@ -38,3 +38,11 @@ def log_to(path: Path | str) -> Iterator[logging.Logger]:
             raise
         finally:
             root.removeHandler(handler)
+
+
+def clamped(log: logging.Logger, field: str, value: int, limit: int, model: str, what: str) -> int:
+    """``min(value, limit)``, saying so in the job's log when a config count exceeds what the model has (toy models
+    are checked before any job; a hub, local or LoRA model's shape is known only once it is loaded)."""
+    if value > limit:
+        log.warning("%s=%d: %s has only %d %s; using all of them", field, value, model, limit, what)
+    return min(value, limit)

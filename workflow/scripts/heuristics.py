@@ -5,6 +5,7 @@ from circuitflow.circuits.job import load_model_job
 from circuitflow.heuristics import HeuristicSpec
 from circuitflow.heuristics.analysis import analyse_heuristics
 from circuitflow.io import write_parquet
+from circuitflow.logs import clamped
 from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
@@ -12,11 +13,13 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p, h, i, o = snakemake.params, snakemake.params.heur, snakemake.input, snakemake.output
     job = load_model_job(i.handle, perf.device, p.dtype, perf.device_map)
+    per_layer = clamped(log, "heuristics.neurons_per_layer", h["neurons_per_layer"], job.tracer.anatomy.d_mlp,
+                        job.handle.name, "neurons per layer")
     first_layer = int(pd.read_parquet(i.paper_circuits)["heuristics_layer"].iloc[0])
     spec = HeuristicSpec.from_config(h)
     result = analyse_heuristics(
         job.tracer, job.tokenizer, pd.read_parquet(i.answers), pd.read_parquet(i.neurons), first_layer,
-        h["neurons_per_layer"], spec=spec, threshold=h["threshold"], two_sided=h["two_sided"],
+        per_layer, spec=spec, threshold=h["threshold"], two_sided=h["two_sided"],
         null_permutations=h["null_permutations"],
         min_neurons=h["knockout_min_neurons"], max_prompts=h["max_prompts"],
         knockout_per_layer=h["knockout_neurons_per_layer"], map_neurons=h["map_neurons"], seed=p.seed,
