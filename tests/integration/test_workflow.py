@@ -244,7 +244,7 @@ def test_bad_config_stops_before_any_job(tmp_path):
            "--configfile", str(bad), "--cores", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
-    assert "config error: prompts: Additional properties are not allowed ('kk' was unexpected)" in done.stderr
+    assert "config error: prompts.kk:" in done.stderr
     assert not (tmp_path / "results").exists()
 
 

@@ -84,12 +84,12 @@ def test_model_jobs_set_torch_threads_from_snakemake(tmp_path):
 
 def test_performance_settings_come_from_the_config_and_are_not_params(tmp_path):
     config, _ = load_workflow_config(
-        {"models": {"toy": {"source": "toy"}}, "device": "cuda:1", "device_map": "auto", "batch_size": 7,
+        {"models": {"toy": {"source": "toy"}}, "device": "auto", "device_map": "auto", "batch_size": 7,
          "circuits": {"batch_size": 8}, "localization": {"batch_size": 9, "seeds": [3]}},
         ROOT / "workflow/schemas/config.schema.yaml")
     perf = job_performance(fake_job(tmp_path, {}, threads=3, config=config))
     assert (perf.device, perf.device_map, perf.batch_size, perf.circuits_batch_size, perf.localization_batch_size,
-            perf.threads) == ("cuda:1", "auto", 7, 8, 9, 3)
+            perf.threads) == ("auto", "auto", 7, 8, 9, 3)
     kept = without_performance(config)
     assert kept["localization"]["seeds"] == [3] and kept["seed"] == config["seed"]
     removed = {f"{section}.{key}" if section else key
