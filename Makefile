@@ -1,10 +1,10 @@
 # The two commands of README.md. Both create .venv (if missing) and install circuitflow into it first, with every
-# package at the version pinned in requirements/lock.txt (the versions CI tests).
+# package at the version pinned in requirements.lock.txt (the versions CI tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LOCK := requirements/lock.txt
+LOCK := requirements.lock.txt
 UV_VERSION := 0.13.9
 # torch's OpenMP threads spin at each parallel region; on shared cores that slows small models many-fold (waiting
 # passively changes no arithmetic: trained weights are bit-identical)
@@ -14,13 +14,13 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 install: $(STAMP)
 
-# torch first: on the project's CI machines requirements/torch.txt names a CPU wheel on disk; elsewhere it is PyPI's
+# torch first: on the project's CI machines requirements-torch.txt names a CPU wheel on disk; elsewhere it is PyPI's
 # build (install the build for your CUDA from pytorch.org first if you need one). The lock then constrains every
 # other package, so a new release on PyPI cannot change what a fresh install runs.
-$(STAMP): pyproject.toml $(LOCK) requirements/torch.txt
+$(STAMP): pyproject.toml $(LOCK) requirements-torch.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -r requirements/torch.txt
+	$(BIN)/python -m pip install --quiet -r requirements-torch.txt
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
@@ -30,11 +30,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Move the lock forward: resolve pyproject.toml's ranges to today's releases (torch stays at requirements/torch.txt),
+# Move the lock forward: resolve pyproject.toml's ranges to today's releases (torch stays at requirements-torch.txt),
 # then `make test` on the new lock before committing it. tests/unit/test_lock.py checks the lock against pyproject.
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra slurm --universal --python-version 3.11 \
-		-c requirements/torch.txt --upgrade -o $(LOCK)
+		-c requirements-torch.txt --upgrade -o $(LOCK)
 	rm -f $(STAMP)

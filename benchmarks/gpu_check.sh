@@ -8,7 +8,7 @@
 #   2. the machine's python3, when its torch sees a GPU (the lent H200's image, no network): the wheels in .whl/
 #      (made beforehand by `bash benchmarks/gpu_wheels.sh` on a machine with PyPI, and carried) are installed over
 #      its packages into a temporary folder first;
-#   3. else `make install` (needs PyPI: requirements/torch.txt is PyPI's torch, a CUDA build on x86-64 Linux).
+#   3. else `make install` (needs PyPI: requirements-torch.txt is PyPI's torch, a CUDA build on x86-64 Linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the GPU check for a machine without network access (the lent H200): run this once HERE, on a machine
 # that reaches PyPI, from anywhere in the repo. It saves into .whl/ (git-ignored) the wheels of the packages the
-# GPU machine's image lacks or holds at other versions than requirements/lock.txt, at the lock's versions, built for
+# GPU machine's image lacks or holds at other versions than requirements.lock.txt, at the lock's versions, built for
 # that machine's Python (PY_VERSION, default 3.12) on x86-64 Linux. The device call then carries .whl and
 # benchmarks/gpu_check.sh installs them over the image's packages (torch stays the image's CUDA build).
 #
@@ -18,9 +18,9 @@ httpx2 httpcore2 truststore anyio idna h11 typing-extensions"
 
 pins=()
 for name in $PACKAGES; do
-    lines=$(grep -i "^${name}==" requirements/lock.txt || true)
+    lines=$(grep -i "^${name}==" requirements.lock.txt || true)
     if [ "$(printf '%s' "$lines" | grep -c .)" != 1 ]; then
-        echo "gpu_wheels: requirements/lock.txt must pin ${name} on exactly one line; fix the list here" >&2
+        echo "gpu_wheels: requirements.lock.txt must pin ${name} on exactly one line; fix the list here" >&2
         exit 1
     fi
     pins+=("${lines%% *}")
