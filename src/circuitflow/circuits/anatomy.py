@@ -14,12 +14,13 @@ whatever their storage layout (``nn.Linear``, GPT-2's ``Conv1D``, fused ``query_
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from circuitflow.models.contract import check_structure
+from circuitflow.models.contract import check_structure, compute_device, loaded_weights
 
 
 @dataclass
@@ -70,7 +71,8 @@ class Anatomy:
                          mlp_post=f"{p}.mlp.hook_post")
             attn = block.attn
             layers.append(LayerAnatomy(
-                attn_norm=_original(block.ln1), mlp_norm=_original(block.ln2 if has_ln2 else block.ln1),
+                attn_norm=standalone(_original(block.ln1)),
+                mlp_norm=standalone(_original(block.ln2 if has_ln2 else block.ln1)),
                 W_Q=probe_rows(attn.q, int(cfg.d_model)).unflatten(1, (n_heads, d_head)).transpose(0, 1),
                 W_K=probe_rows(attn.k, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
                 W_V=probe_rows(attn.v, int(cfg.d_model)).unflatten(1, (n_kv, d_head)).transpose(0, 1),
@@ -97,14 +99,31 @@ def _original(module: nn.Module) -> nn.Module:
     return getattr(module, "original_component", None) or getattr(module, "_original_component", module)
 
 
+def standalone(module: nn.Module) -> nn.Module:
+    """``module`` itself, or, where accelerate dispatched it (``device_map``), a hook-free copy with its weights
+    loaded on the device it computes on. The engine calls norms inside ``torch.func`` transforms, which accelerate's
+    offload hooks do not survive; norms are small, so the copy costs nothing."""
+    hooked = [sub for sub in module.modules() if "_hf_hook" in vars(sub)]
+    if not hooked:
+        return module
+    device = compute_device(module)
+    memo = {id(sub._hf_hook): None for sub in hooked}  # copy no hook (an offload hook holds the offloaded weights)
+    with loaded_weights(module):
+        clone = copy.deepcopy(module, memo)
+    for sub in clone.modules():
+        for name in ("_hf_hook", "_old_forward", "forward"):  # back to the class's own forward
+            vars(sub).pop(name, None)
+    return clone.to(device)
+
+
 @torch.no_grad()
 def probe_rows(linear: nn.Module, d_in: int, rows: Tensor | None = None) -> Tensor:
     """Rows ``rows`` (all when None) of the ``[d_in, d_out]`` matrix W of an affine module f, f(x) = x @ W + f(0):
     e.g. the output weights of chosen MLP neurons."""
-    param = next(linear.parameters())
-    eye = torch.eye(d_in, dtype=param.dtype, device=param.device)
+    device = compute_device(linear)  # weights of an offloaded module live on ``meta``
+    eye = torch.eye(d_in, dtype=next(linear.parameters()).dtype, device=device)
     if rows is not None:
-        eye = eye[rows.to(param.device)]
+        eye = eye[rows.to(device)]
     return (linear(eye) - linear(torch.zeros_like(eye[:1]))).detach()
 
 

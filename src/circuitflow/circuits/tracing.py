@@ -26,7 +26,7 @@ from circuitflow.circuits.anatomy import Anatomy, norm_vjp, normed_shift
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.graph import Graph
 from circuitflow.metrics import Metric
-from circuitflow.models.contract import bridge_contract, input_embedding
+from circuitflow.models.contract import bridge_contract, input_device
 
 Intervention = Literal["patching", "zero", "mean", "mean-positional"]
 INTERVENTIONS = ("patching", "zero", "mean", "mean-positional")
@@ -51,7 +51,7 @@ class Tracer:
         self.shape = Graph.empty(a.n_layers, a.n_heads, a.n_kv_heads, a.parallel)
         # where tokens go and the engine's buffers and scores live; on a model split over devices (device_map) every
         # hook moves what it adds to its activation's device and what it keeps back here
-        self.device = input_embedding(bridge).device
+        self.device = input_device(bridge)
 
     # ------------------------------------------------------------------ activations of plain runs
     @torch.no_grad()

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from circuitflow.arithmetic import SYMBOLS
 from circuitflow.circuits.tracing import Tracer
+from circuitflow.models.contract import loaded_weights
 
 TARGETS = ("op1", "operator", "op2")
 
@@ -45,8 +46,11 @@ def attention_grid(tracer: Tracer, tokenizer, op: str, operand_max: int, heads: 
 
 
 def unembedding(bridge) -> Tensor:
-    """``[d_model, vocab]`` unembedding matrix W_U of the bridge's model."""
-    return bridge.original_model.get_output_embeddings().weight.detach().T
+    """``[d_model, vocab]`` unembedding matrix W_U of the bridge's model (loaded onto its execution device when
+    accelerate offloaded it)."""
+    head = bridge.original_model.get_output_embeddings()
+    with loaded_weights(head):
+        return head.weight.detach().T
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ Failures are one-line :class:`BridgeContractError` messages naming what is wrong
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 import weakref
@@ -81,9 +82,41 @@ def bridge_contract(bridge, hook_names: Iterable[str]) -> BridgeContract:
     return _CHECKED[bridge]
 
 
+def compute_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on. Under accelerate's dispatch (``device_map``) that is its hook's execution
+    device, or the first hooked submodule's: an offloaded module keeps its weights on ``meta`` and its hook brings
+    them to the execution device for each forward. Otherwise the device of its first parameter."""
+    for sub in module.modules():
+        hook = getattr(sub, "_hf_hook", None)
+        for single in getattr(hook, "hooks", None) or [hook]:  # accelerate's SequentialHook holds several
+            device = getattr(single, "execution_device", None)
+            if device is not None:
+                return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    return next(module.parameters()).device
+
+
+@contextlib.contextmanager
+def loaded_weights(module: torch.nn.Module):
+    """Inside this context every parameter of ``module`` that accelerate offloaded (kept on ``meta``, loaded by a hook
+    for each forward) is loaded onto its execution device; a no-op for a module that is not offloaded."""
+    from accelerate.utils import align_module_device, has_offloaded_params
+
+    with contextlib.ExitStack() as stack:
+        for sub in module.modules():
+            if has_offloaded_params(sub) and any(True for _ in sub.parameters(recurse=False)):
+                stack.enter_context(align_module_device(sub))
+        yield
+
+
+def input_device(bridge) -> torch.device:
+    """Where tokens go: the device the input embedding computes on (on a model split over devices, not necessarily
+    that of the first parameter)."""
+    return compute_device(bridge.original_model.get_input_embeddings())
+
+
 def input_embedding(bridge) -> Tensor:
-    """The input embedding matrix of the bridge's model: its device is where tokens go (on a model split over
-    devices, not necessarily that of the first parameter), its dtype the model's."""
+    """The input embedding matrix of the bridge's model (its dtype is the model's; it may live on ``meta`` when
+    offloaded, so tokens go to :func:`input_device`)."""
     return bridge.original_model.get_input_embeddings().weight
 
 
@@ -108,9 +141,8 @@ def logits_on_prefix(bridge, cache, last: Tensor, n: int) -> Tensor:
 
 @torch.no_grad()
 def _forward_checks(bridge, hook_names: tuple[str, ...]) -> BridgeContract:
-    param = input_embedding(bridge)
     vocab = int(bridge.cfg.d_vocab)
-    tokens = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(0)).to(param.device)
+    tokens = torch.randint(0, vocab, (2, 6), generator=torch.Generator().manual_seed(0)).to(input_device(bridge))
     fired: set[str] = set()
 
     def seen(name, tensor, hook):
@@ -122,8 +154,9 @@ def _forward_checks(bridge, hook_names: tuple[str, ...]) -> BridgeContract:
     if silent:
         raise BridgeContractError(f"hook {silent[0]!r} never fires in a forward pass of this bridge "
                                   f"({bridge.cfg.architecture}): the circuit engine cannot read or patch it")
-    return BridgeContract(prefix_cache=_prefix_cache_agrees(bridge, tokens, full, param.dtype),
-                          logits_to_keep=_logits_to_keep_agrees(bridge, tokens, full, param.dtype))
+    dtype = input_embedding(bridge).dtype
+    return BridgeContract(prefix_cache=_prefix_cache_agrees(bridge, tokens, full, dtype),
+                          logits_to_keep=_logits_to_keep_agrees(bridge, tokens, full, dtype))
 
 
 def _logits_to_keep_agrees(bridge, tokens: Tensor, full: Tensor, dtype: torch.dtype) -> bool:

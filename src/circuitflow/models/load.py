@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from circuitflow.models.contract import compute_device
 from circuitflow.models.handle import ModelHandle
 
 if TYPE_CHECKING:
@@ -101,12 +102,16 @@ def load_bridge(
     if split and not allow_cpu_gpu_split:
         raise ValueError(f"device_map placed {handle.name} on both CPU and GPU ({sorted(devices)}): "
                          "give the GPUs more max_memory, or pass allow_cpu_gpu_split=True to load_bridge")
-    if split:
-        del hf_model.hf_device_map  # TransformerLens reads the placement from it only to refuse this mix
+    # TransformerLens reads the placement only to refuse a CPU/GPU mix and to check that each module's weights are
+    # where the map says, which offloaded (``meta``) and tied weights fail; the engine runs such models exactly
+    # (tests/unit/test_offload.py)
+    hide = split or "disk" in devices
+    if hide:
+        del hf_model.hf_device_map
     try:
         return TransformerBridge.boot_transformers(
             handle.path, hf_model=hf_model, tokenizer=load_tokenizer(handle), dtype=resolve_dtype(dtype),
-            device=str(next(hf_model.parameters()).device), **_revision(handle))
+            device=str(compute_device(hf_model.get_input_embeddings())), **_revision(handle))
     finally:
-        if split:
+        if hide:
             hf_model.hf_device_map = placement
