@@ -1,6 +1,7 @@
 # Config validation, wildcard constraints, input functions and the list of final outputs.
 import dataclasses
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -12,7 +13,7 @@ from circuitflow.snakejob import PERFORMANCE_KEYS, without_performance
 try:
     CFG, MODELS = load_workflow_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as err:
-    raise WorkflowError(f"config error: {err}") from None
+    sys.exit(f"config error: {err}")
 
 # Scripts read the performance settings (circuitflow.snakejob.job_performance) from the validated config, defaults
 # filled in: they are not params, so changing a batch size or the device reruns nothing.
