@@ -12,6 +12,7 @@ from torch import Tensor
 from circuitflow.circuits.data import PairBatch, pair_batches, token_batches
 from circuitflow.circuits.tracing import Tracer
 from circuitflow.models import ModelHandle, load_bridge, load_tokenizer, read_handle
+from circuitflow.tables import PROMPT_SET_COLUMNS, read_table
 
 
 @dataclass
@@ -40,10 +41,10 @@ def load_circuit_job(handle_path: str, prompts_path: str, answers_paths: Sequenc
     """Load the model and the prompt pairs; for ``mean``/``mean-positional`` interventions, average the upstream
     outputs over every legal prompt of every operator (the ``answers`` tables), as the arithmetic paper does."""
     job = load_model_job(handle_path, device, dtype, device_map)
-    batches = pair_batches(pd.read_parquet(prompts_path), job.tokenizer, circuits["batch_size"])
+    batches = pair_batches(read_table(prompts_path, PROMPT_SET_COLUMNS), job.tokenizer, circuits["batch_size"])
     means = None
     if circuits["intervention"].startswith("mean"):
-        texts = pd.concat([pd.read_parquet(path) for path in answers_paths])["prompt"].tolist()
+        texts = pd.concat([read_table(path, ["prompt"]) for path in answers_paths])["prompt"].tolist()
         positional = circuits["intervention"] == "mean-positional"
         length = batches[0].clean.shape[1] if positional else None
         means = job.tracer.means(token_batches(job.tokenizer, texts, circuits["batch_size"], length), positional)
