@@ -1,20 +1,27 @@
 """Atomic writes: an interrupted job never leaves a half-written output that looks finished. Tables carry the
-provenance of the job that wrote them (:mod:`circuitflow.provenance`)."""
+provenance of the job that wrote them (:mod:`circuitflow.provenance`). Long sweeps resume from checksummed units,
+and a lock left by a killed Snakemake run is released when no run is alive (:func:`release_stale_lock`)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pandas as pd
 
 from circuitflow.provenance import PROVENANCE_KEY, current, encode
+
+log = logging.getLogger(__name__)
 
 
 def umask_mode(directory: bool) -> int:
@@ -92,19 +99,113 @@ def file_stamps(paths) -> list[tuple[str, int, int]]:
 def resumable_sweep(base: Path | str, key: object) -> Iterator[Path]:
     """The folder for the finished units of a long sweep (see :func:`cached_frame`), named by a hash of ``key`` —
     everything the units depend on (settings, code version, :func:`file_stamps` of the inputs) — so a rerun with
-    other settings or inputs never reuses them. Once the block succeeds ``base`` is removed: a completed sweep
-    leaves nothing behind."""
+    other settings or inputs never reuses them. Once the block succeeds ``base`` is removed, and so is its parent
+    when that is a hidden folder (``.partial``) left empty: a completed sweep leaves nothing behind."""
+    base = Path(base)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    yield Path(base) / digest
+    folder = base / digest
+    for _ in range(3):  # a sibling sweep finishing meanwhile may remove the emptied parent while it is made
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            break
+        except FileNotFoundError:
+            continue
+    yield folder
     shutil.rmtree(base, ignore_errors=True)
+    if base.parent.name.startswith("."):
+        with suppress(OSError):  # still holds another job's sweep, or already gone
+            base.parent.rmdir()
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar holding the sha256 of a sweep unit's bytes, written after the unit."""
+    return path.with_name(path.name + ".sha256")
+
+
+def read_unit(path: Path) -> pd.DataFrame | None:
+    """The finished unit at ``path``, or None when there is none or it is not to be trusted (no checksum, bytes that
+    do not match it, or a file parquet cannot read): then a warning says why and the unit is computed again."""
+    if not path.exists():
+        return None
+    sidecar = checksum_path(path)
+    data = path.read_bytes()
+    if not sidecar.exists():
+        why = "it has no checksum (interrupted while writing it?)"
+    elif hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+        why = "its bytes do not match its checksum (truncated or changed since it was written)"
+    else:
+        try:
+            return pd.read_parquet(io.BytesIO(data))
+        except Exception as err:  # noqa: BLE001 — any unreadable unit is recomputed, whatever pyarrow says
+            why = f"it cannot be read ({type(err).__name__}: {err})"
+    log.warning("sweep unit %s: %s; computing it again", path, why)
+    return None
 
 
 def cached_frame(path: Path | str, compute) -> pd.DataFrame:
-    """A finished unit of a long sweep: read ``path`` if an earlier (maybe interrupted) run wrote it, else call
-    ``compute()``, write its frame atomically and return it. Lets a rerun resume where the last one stopped."""
+    """A finished unit of a long sweep: read ``path`` if an earlier (maybe interrupted) run wrote it and it matches
+    its checksum, else call ``compute()``, write its frame and then its checksum atomically, and return it. Lets a
+    rerun resume where the last one stopped, and never trust a unit that was cut short or changed."""
     path = Path(path)
-    if path.exists():
-        return pd.read_parquet(path)
+    frame = read_unit(path)
+    if frame is not None:
+        return frame
     frame = compute()
     write_parquet(frame, path)
+    with atomic_path(checksum_path(path)) as tmp:
+        tmp.write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
     return frame
+
+
+def process_table() -> list[tuple[int, int, str, Path | None]]:
+    """``(pid, parent pid, command line, working directory or None when unknown)`` of every process: from /proc on
+    Linux (the directory is None where it is another user's), else from ``ps`` (directories unknown)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+        return [(int(pid), int(ppid), args, None) for pid, ppid, args in
+                ((line.split(None, 2) + [""])[:3] for line in out.splitlines() if line.strip())]
+    rows = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError):
+            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            try:
+                cwd = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                cwd = None
+            rows.append((int(entry.name), ppid, args, cwd))
+    return rows
+
+
+def snakemake_runs_on(workdir: Path | str) -> list[int]:
+    """Ids of the processes, other than this one and its ancestors, that may be a Snakemake run (or one of its jobs)
+    on ``workdir``: the command line names snakemake and the working directory is ``workdir`` or unknown."""
+    workdir = Path(workdir).resolve()
+    table = process_table()
+    parents = {pid: ppid for pid, ppid, _, _ in table}
+    mine, pid = set(), os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        pid = parents.get(pid, 0)
+    return [pid for pid, _, args, cwd in table
+            if pid not in mine and "snakemake" in args and (cwd is None or cwd == workdir)]
+
+
+def release_stale_lock(workdir: Path | str = ".") -> bool:
+    """Remove the lock a killed Snakemake run left in ``workdir/.snakemake/locks`` (what ``snakemake --unlock``
+    removes) when no Snakemake process runs on ``workdir``; say so in one line. A lock held by a live run stays, so
+    Snakemake still refuses a second run on the same files. True when a lock was removed."""
+    locks = Path(workdir) / ".snakemake" / "locks"
+    if not any(locks.glob("*.lock")):
+        return False
+    running = snakemake_runs_on(workdir)
+    if running:
+        print(f"{locks}: kept (snakemake processes {running[:5]} may be running on this folder)", file=sys.stderr)
+        return False
+    shutil.rmtree(locks)
+    print(f"{locks}: removed the lock of an interrupted run (no snakemake process runs on this folder)",
+          file=sys.stderr)
+    return True

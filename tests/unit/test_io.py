@@ -71,3 +71,67 @@ def test_atomic_outputs_get_the_umask_modes_not_private_ones(tmp_path):
     assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+
+
+def finished_unit(tmp_path, value=1):
+    """A sweep under ``tmp_path/results/.partial/job`` interrupted after its one unit; returns (base, unit path)."""
+    base = tmp_path / "results" / ".partial" / "job"
+    with pytest.raises(KeyboardInterrupt):
+        with resumable_sweep(base, {"seed": 0}) as folder:
+            cached_frame(folder / "a.parquet", lambda: pd.DataFrame({"value": [value]}))
+            raise KeyboardInterrupt
+    return base, folder / "a.parquet"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper", "no checksum"])
+def test_a_damaged_unit_is_computed_again_with_a_warning(tmp_path, caplog, damage):
+    base, unit = finished_unit(tmp_path)
+    if damage == "truncate":
+        unit.write_bytes(unit.read_bytes()[:40])
+    elif damage == "tamper":  # a valid table with other values
+        pd.DataFrame({"value": [99]}).to_parquet(unit)
+    else:
+        unit.with_name("a.parquet.sha256").unlink()
+    with resumable_sweep(base, {"seed": 0}) as folder:
+        assert cached_frame(folder / "a.parquet", lambda: pd.DataFrame({"value": [2]}))["value"].tolist() == [2]
+    assert any("a.parquet" in r.message and "computing it again" in r.message and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def test_an_intact_unit_is_reused_silently_and_success_leaves_no_partial(tmp_path, caplog):
+    base, _ = finished_unit(tmp_path)
+    with resumable_sweep(base, {"seed": 0}) as folder:
+        assert cached_frame(folder / "a.parquet", lambda: pd.DataFrame({"value": [2]}))["value"].tolist() == [1]
+    assert not caplog.records
+    assert list((tmp_path / "results").iterdir()) == []  # no empty .partial/ left
+
+
+def test_success_keeps_a_partial_folder_that_holds_another_sweep(tmp_path):
+    other = tmp_path / "results" / ".partial" / "other"
+    other.mkdir(parents=True)
+    base, _ = finished_unit(tmp_path)
+    with resumable_sweep(base, {"seed": 0}):
+        pass
+    assert not base.exists() and other.exists()
+
+
+def test_a_stale_lock_is_released_only_when_no_snakemake_runs_on_the_folder(tmp_path, monkeypatch):
+    import circuitflow.io as cio
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("results/x.parquet\n")
+    alive = [(4242, 1, "python -m snakemake --cores 2", tmp_path.resolve())]
+    monkeypatch.setattr(cio, "process_table", lambda: alive)
+    assert not cio.release_stale_lock(tmp_path) and (locks / "0.input.lock").exists()
+    alive[0] = (4242, 1, "python -m snakemake --cores 2", tmp_path.resolve() / "elsewhere")  # another folder
+    assert cio.release_stale_lock(tmp_path) and not locks.exists()
+    assert not cio.release_stale_lock(tmp_path)  # nothing to release
+
+
+def test_processes_with_an_unknown_folder_count_as_running_here(tmp_path, monkeypatch):
+    import circuitflow.io as cio
+
+    monkeypatch.setattr(cio, "process_table", lambda: [(4242, 1, "snakemake --cores 2", None),
+                                                        (4243, 1, "vim notes.txt", tmp_path.resolve())])
+    assert cio.snakemake_runs_on(tmp_path) == [4242]
