@@ -15,12 +15,18 @@ from circuitflow.io import atomic_path  # noqa: E402
 OP_LABELS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
 
 
+# What savefig may stamp into a file besides the drawing: a PDF's CreationDate (a PNG carries only the matplotlib
+# version), so the same figure gives the same bytes on every run.
+STABLE_METADATA = {"pdf": {"CreationDate": None}, "png": {}}
+
+
 def save_figure(fig, png: Path | str, pdf: Path | str | None = None) -> None:
-    """Save ``fig`` atomically as PNG (and PDF) and close it."""
+    """Save ``fig`` atomically as PNG (and PDF), byte-reproducibly, and close it."""
     for path in (png, pdf):
         if path is not None:
+            fmt = Path(path).suffix[1:]
             with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight")
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=STABLE_METADATA.get(fmt))
     plt.close(fig)
 
 

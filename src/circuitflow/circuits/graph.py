@@ -20,6 +20,7 @@ export a readable ``.json``, and convert to and from EAP-IG / MIB's JSON format 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import KW_ONLY, dataclass, field
@@ -226,12 +227,15 @@ class Graph:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
-        """Write the graph to ``path`` (``.pt``), atomically."""
+        """Write the graph to ``path`` (``.pt``), atomically. Serialized in memory first: torch names the archive
+        after the file it writes, so saving to the temporary path would put its random name into the bytes."""
         state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                      parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
                      node_scores=self.node_scores)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+            tmp.write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path | str) -> Graph:
