@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from circuitflow.arithmetic import legal_pairs
+from circuitflow.models.download import hub_offline, is_cached, offline_fix
 from circuitflow.models.registry import ConfigError, ModelSpec, expand_models
 
 
@@ -259,6 +260,18 @@ def _check_k(p: dict, op: str, limit: int, vocab_max: int) -> None:
     raise ConfigError(f"{where} and answers 0..{limit}; lower prompts.k or {bound}")
 
 
+def check_hub_cache(specs: dict[str, ModelSpec]) -> None:
+    """Offline (``HF_HUB_OFFLINE``), every revision of every hub model must be in the Hugging Face cache already;
+    online nothing is looked up here (no network call while the workflow is parsed: the download job fetches)."""
+    hub = [spec for spec in specs.values() if spec.source == "hub"]
+    if not hub or not hub_offline():
+        return
+    for spec in hub:
+        for revision in (*spec.checkpoints, spec.revision):
+            if not is_cached(spec.repo_id, revision):
+                raise ConfigError(f"models.{spec.name}: {offline_fix(spec.repo_id, revision)}")
+
+
 def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, dict[str, ModelSpec]]:
     """Validate the whole config; return it (defaults filled) and the model specs by name."""
     config = validate_config(config, schema_path)
@@ -266,6 +279,7 @@ def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, d
     check_device(config["device"])
     check_counts(config)
     specs = expand_models(config["models"])
+    check_hub_cache(specs)
     check_prompts(config, specs)
     for stage in ("circuits", "localization"):
         unknown = [m for m in config[stage]["models"] or [] if m not in specs]

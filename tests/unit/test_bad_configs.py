@@ -203,3 +203,23 @@ def test_a_run_stops_before_any_job_with_one_line_and_touches_no_output(tmp_path
         assert done.returncode != 0, output
         assert "\n" not in output and output.startswith(f"config error: {field}"), output
         assert sentinel.read_text() == '{"good": "output"}' and sentinel.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.workflow
+def test_offline_a_hub_model_missing_from_the_cache_stops_before_any_job(tmp_path):
+    """HF_HUB_OFFLINE=1 and an empty HF_HOME: one line naming the model, the revision and the fix; no job runs."""
+    import os
+
+    config = mutate({"models.pythia": {"source": "hub", "repo_id": "EleutherAI/pythia-14m", "revision": "step1000"}})
+    configfile = tmp_path / "offline.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(configfile), "--cores", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0 and "\n" not in output, output
+    cache = tmp_path / "hf" / "hub"
+    assert output.startswith("config error: models.pythia: EleutherAI/pythia-14m@step1000 is not in the Hugging Face "
+                             f"cache {cache} and HF_HUB_OFFLINE is set; download it once online"), output
+    assert not (tmp_path / "results").exists()

@@ -32,7 +32,6 @@ rule download_model:
         code=script_code("download_model"),
     wildcard_constraints:
         model=alternatives(names("hub")),
-    retries: 2
     log:
         f"{RES}/logs/download_model/{{model}}.log",
     benchmark:

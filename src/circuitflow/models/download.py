@@ -1,36 +1,103 @@
-"""Downloading hub models with ``huggingface_hub``.
+"""Downloading hub models with ``huggingface_hub``, and checking the cache before any job when offline.
 
-Resumable; honours ``HF_HOME``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``.
+Resumable; honours ``HF_HOME``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``. Transient network failures (no connection
+while online, timeouts, server errors, rate limits) are retried here with a growing wait; an error that would only
+repeat (no such model or revision, a gated model, offline without the files) fails at once in one line.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 
-class DownloadError(RuntimeError):
-    """A model could not be fetched; the message is one line naming the model and what to do."""
+PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+ATTEMPTS = 4
+log = logging.getLogger(__name__)
 
 
-def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | None = None) -> str:
-    """Download (or reuse from the cache) ``repo_id`` at ``revision``; return the local snapshot directory.
+class DownloadError(ValueError):
+    """A model could not be fetched; the message is one line naming the model and what to do (a ``ValueError``, so
+    a job reports it as one line: :func:`circuitflow.logs.log_to`)."""
 
-    Only the files a causal LM needs are fetched (config, weights in safetensors, tokenizer). Interrupted downloads
-    resume on the next call.
-    """
-    from huggingface_hub import snapshot_download
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set (read now, not when ``huggingface_hub`` was imported)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache() -> str:
+    """The Hugging Face hub cache folder (``HF_HUB_CACHE``, by default ``HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def is_cached(repo_id: str, revision: str, cache_dir: str | None = None) -> bool:
+    """True when the cache holds ``repo_id`` at ``revision`` (its config.json; no network call)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir or hub_cache(), revision=revision)
+    return isinstance(found, str)
+
+
+def offline_fix(repo_id: str, revision: str, cache_dir: str | None = None) -> str:
+    """What is wrong, and what to do, for a hub model missing from the cache while offline."""
+    return (f"{repo_id}@{revision} is not in the Hugging Face cache {cache_dir or hub_cache()} and HF_HUB_OFFLINE is "
+            "set; download it once online (unset HF_HUB_OFFLINE), point HF_HOME at a cache that holds it, or use a "
+            "'local' model")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _lasting(err: BaseException, repo_id: str, revision: str, cache_dir: str | None) -> DownloadError | None:
+    """The one-line error for a failure that a retry would only repeat; None for a transient one."""
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
         RevisionNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
-    try:
-        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns)
-    except RepositoryNotFoundError:
-        raise DownloadError(f"{repo_id}: no such model on the hub (or it is gated: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise DownloadError(f"{repo_id}: revision {revision!r} does not exist on the hub") from None
-    except LocalEntryNotFoundError:
-        raise DownloadError(f"{repo_id}@{revision}: the hub cannot be reached and the model is not in the cache "
-                            "(HF_HOME); download it on a machine with internet or point a 'local' model at it"
-                            ) from None
-    except (HfHubHTTPError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DownloadError(f"{repo_id}@{revision}: download failed: {first}") from None
+    if isinstance(err, RepositoryNotFoundError):
+        return DownloadError(f"{repo_id}: no such model on the hub (or it is gated: set HF_TOKEN)")
+    if isinstance(err, RevisionNotFoundError):
+        return DownloadError(f"{repo_id}: revision {revision!r} does not exist on the hub")
+    if isinstance(err, LocalEntryNotFoundError):
+        return DownloadError(offline_fix(repo_id, revision, cache_dir)) if hub_offline() else None
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if isinstance(err, HfHubHTTPError) and status is not None and 400 <= status < 500 and status != 429:
+        return DownloadError(f"{repo_id}@{revision}: the hub refused the download (HTTP {status}): "
+                             f"{_first_line(err)}")
+    if isinstance(err, OSError) and err.errno is not None:  # the local disk: full, read-only, no permission
+        return DownloadError(f"{repo_id}@{revision}: cannot write the download: {_first_line(err)}")
+    return None
+
+
+def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | None = None, attempts: int = ATTEMPTS,
+                      wait: float = 10.0) -> str:
+    """Download (or reuse from the cache) ``repo_id`` at ``revision``; return the local snapshot directory.
+
+    Only the files a causal LM needs are fetched (config, weights in safetensors, tokenizer). Interrupted downloads
+    resume on the next call; transient failures are retried up to ``attempts`` times, waiting ``wait`` seconds,
+    then twice as long each time.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    network_errors = (OSError, *HfHubHTTPError.__bases__)  # the hub's HTTP client errors: timeouts, no connection
+    for attempt in range(attempts):
+        try:
+            return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=PATTERNS)
+        except network_errors as err:
+            lasting = _lasting(err, repo_id, revision, cache_dir)
+            if lasting is not None:
+                raise lasting from None
+            if attempt == attempts - 1:
+                raise DownloadError(f"{repo_id}@{revision}: the hub could not be reached in {attempts} attempts "
+                                    f"({_first_line(err)}); check the connection and rerun, or use a 'local' model"
+                                    ) from None
+            log.warning("%s@%s: %s; retrying in %.0f s", repo_id, revision, _first_line(err), wait * 2 ** attempt)
+            time.sleep(wait * 2 ** attempt)
+    raise DownloadError(f"{repo_id}@{revision}: attempts={attempts}; use at least 1")
