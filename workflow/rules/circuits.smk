@@ -4,7 +4,7 @@
 
 rule attribute:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
@@ -28,7 +28,7 @@ rule attribute:
 
 rule faithfulness:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),

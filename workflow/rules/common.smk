@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 
 from circuitflow.codehash import script_code_hash
 from circuitflow.config import ConfigError, load_workflow_config
+from circuitflow.models.digest import model_files
 from circuitflow.snakejob import PERFORMANCE_KEYS, without_performance
 
 try:
@@ -76,18 +77,53 @@ def model_spec(wildcards):
     return dataclasses.asdict(MODELS[wildcards.model])
 
 
-def model_handle(wildcards):
-    return f"{RES}/models/{wildcards.model}/model.json"
+def model_inputs(*files):
+    """Input function (use with ``unpack``): the model's handle files named in ``files`` (``handle``: model.json,
+    ``index``: checkpoints.json) and its content ``digest``, so a job that loads the model reruns when its weights or
+    tokenizer change (model_digest)."""
+
+    def inputs(wildcards):
+        folder = f"{RES}/models/{wildcards.model}"
+        paths = {"handle": f"{folder}/model.json", "index": f"{folder}/checkpoints.json"}
+        return {name: paths[name] for name in files} | {"digest": f"{folder}/digest.json"}
+
+    return inputs
 
 
 def lora_base_files(wildcards):
     base = MODELS[wildcards.model].base
-    return {"handle": f"{RES}/models/{base}/model.json", "checkpoints": f"{RES}/models/{base}/checkpoints.json"}
+    return {"handle": f"{RES}/models/{base}/model.json", "checkpoints": f"{RES}/models/{base}/checkpoints.json",
+            "digest": f"{RES}/models/{base}/digest.json"}
 
 
 def lora_adapter(wildcards):
     adapter = MODELS[wildcards.model].adapter
     return adapter["path"] if "path" in adapter else f"{RES}/models/{wildcards.model}/adapter"
+
+
+def adapter_files(wildcards):
+    """The files of an external adapter (``adapter.path``), listed so that a file rewritten in place reruns the
+    merge (Snakemake sees a directory's own time stamp only); none for an adapter the workflow trains."""
+    adapter = MODELS[wildcards.model].adapter
+    return [str(f) for f in model_files(adapter["path"])] if "path" in adapter else []
+
+
+def digest_inputs(wildcards):
+    """Inputs of model_digest: the handles and the model's files themselves, so a file changed in place reruns the
+    digest: a local model's and an external adapter's files, and the toy's checkpoint files once train_toy (a
+    Snakemake checkpoint) has written them. A merged LoRA is watched as a whole folder (rewritten by merge_lora)."""
+    spec, folder = MODELS[wildcards.model], f"{RES}/models/{wildcards.model}"
+    inputs = {"handle": f"{folder}/model.json", "index": f"{folder}/checkpoints.json"}
+    if spec.source == "local":
+        inputs["files"] = [str(f) for f in model_files(spec.path)]
+    elif spec.source == "toy":
+        checkpoints.train_toy.get(model=wildcards.model)
+        inputs["files"] = [str(f) for f in model_files(f"{folder}/checkpoints", nested=True)]
+    elif spec.source == "lora":
+        inputs["files"] = f"{folder}/merged"
+        inputs["adapter"] = lora_adapter(wildcards)
+        inputs["adapter_files"] = adapter_files(wildcards)
+    return inputs
 
 
 CIRCUIT_METHODS = CFG["circuits"]["methods"]

@@ -4,7 +4,7 @@
 
 rule heuristics:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
         neurons=f"{RES}/{{model}}/neurons/{{op}}.parquet",
         paper_circuits=f"{RES}/{{model}}/paper_circuits/{{op}}.parquet",
@@ -52,7 +52,7 @@ rule plot_heuristics:
 
 rule checkpoint_heuristics:
     input:
-        index=f"{RES}/models/{{model}}/checkpoints.json",
+        unpack(model_inputs("index")),
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
         prompts=expand(f"{RES}/{{{{model}}}}/prompts/{{op}}.parquet", op=OPS),
         final=expand(f"{RES}/{{{{model}}}}/heuristics/{{op}}.parquet", op=OPS),

@@ -4,7 +4,7 @@
 
 rule ie_maps:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
@@ -27,7 +27,7 @@ rule ie_maps:
 
 rule neuron_scores:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/neurons/{{op}}.parquet",
@@ -48,7 +48,7 @@ rule neuron_scores:
 
 rule probes:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/probes/{{op}}.parquet",
@@ -69,7 +69,7 @@ rule probes:
 
 rule paper_circuits:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         ie_maps=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
         neurons=f"{RES}/{{model}}/neurons/{{op}}.parquet",
@@ -95,7 +95,7 @@ rule paper_circuits:
 
 rule attention:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         ie_maps=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/attention/{{op}}.parquet",
@@ -161,7 +161,7 @@ rule plot_paper_faithfulness:
 
 rule checkpoint_ie_maps:
     input:
-        index=f"{RES}/models/{{model}}/checkpoints.json",
+        unpack(model_inputs("index")),
         prompts=expand(f"{RES}/{{{{model}}}}/prompts/{{op}}.parquet", op=OPS),
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:

@@ -1,8 +1,10 @@
 # Every model ends as results/models/{model}/model.json (a handle to a loadable HF directory or hub id) plus
-# checkpoints.json (handles of the revisions analysed across training; empty when there are none).
+# checkpoints.json (handles of the revisions analysed across training; empty when there are none), and
+# digest.json (the checked content hash of its files), an input of every job that loads the model.
+# train_toy is a checkpoint: once it has run, the digest lists the checkpoint files it wrote as inputs.
 
 
-rule train_toy:
+checkpoint train_toy:
     output:
         checkpoints=directory(f"{RES}/models/{{model}}/checkpoints"),
         index=f"{RES}/models/{{model}}/checkpoints.json",
@@ -85,6 +87,7 @@ rule merge_lora:
     input:
         unpack(lora_base_files),
         adapter=lora_adapter,
+        adapter_files=adapter_files,
     output:
         merged=directory(f"{RES}/models/{{model}}/merged"),
         handle=f"{RES}/models/{{model}}/model.json",
@@ -101,3 +104,18 @@ rule merge_lora:
         f"{RES}/benchmarks/merge_lora/{{model}}.tsv"
     script:
         "../scripts/merge_lora.py"
+
+
+rule model_digest:
+    input:
+        unpack(digest_inputs),
+    output:
+        digest=f"{RES}/models/{{model}}/digest.json",
+    params:
+        code=script_code("model_digest"),
+    log:
+        f"{RES}/logs/model_digest/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/model_digest/{{model}}.tsv"
+    script:
+        "../scripts/model_digest.py"

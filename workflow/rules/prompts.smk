@@ -3,7 +3,7 @@
 
 rule prompts:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
     output:
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
@@ -25,7 +25,7 @@ rule prompts:
 
 rule accuracy:
     input:
-        handle=model_handle,
+        unpack(model_inputs("handle")),
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         table=f"{RES}/{{model}}/accuracy.parquet",
@@ -41,7 +41,7 @@ rule accuracy:
 
 rule checkpoint_accuracy:
     input:
-        index=f"{RES}/models/{{model}}/checkpoints.json",
+        unpack(model_inputs("index")),
     output:
         table=f"{RES}/{{model}}/checkpoint_accuracy.parquet",
     params:
