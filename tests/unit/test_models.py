@@ -46,7 +46,8 @@ def test_offline_download_is_one_clear_line(tmp_path, monkeypatch):
 def test_handle_roundtrip(tmp_path):
     from circuitflow.models import read_handle, write_handle
 
-    handle = ModelHandle("m", "/x", "step3", "toy", {"step": 3})
+    (tmp_path / "step3").mkdir()
+    handle = ModelHandle("m", str(tmp_path / "step3"), "step3", "toy", {"step": 3})
     write_handle(handle, tmp_path / "model.json")
     assert read_handle(tmp_path / "model.json") == handle
     assert json.loads((tmp_path / "model.json").read_text())["revision"] == "step3"

@@ -2,8 +2,9 @@
 from pathlib import Path
 
 from circuitflow.models.registry import ModelSpec
-from circuitflow.models import ModelHandle, load_hf_model, load_tokenizer, write_handle
-from circuitflow.io import atomic_dir, write_json
+from circuitflow.models import ModelHandle, load_hf_model, load_tokenizer
+from circuitflow.io import atomic_dir
+from circuitflow.models.handle import stored_handle, write_handle, write_handles
 from circuitflow.models.lora import merge_adapter
 from circuitflow.models.select import base_handle
 from circuitflow.snakejob import snakemake_job
@@ -17,9 +18,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     with atomic_dir(snakemake.output.merged) as tmp:
         merged.save_pretrained(tmp)
         load_tokenizer(base).save_pretrained(tmp)
-    provenance = {"base": base.__dict__, "adapter": spec.adapter}
+    provenance = {"base": stored_handle(base, snakemake.output.handle), "adapter": spec.adapter}
     log.info("merged %s into %s@%s", snakemake.input.adapter, base.name, base.revision)
     revision = f"{base.revision or 'main'}+lora"
-    write_handle(ModelHandle(spec.name, str(Path(snakemake.output.merged).resolve()), revision, "lora", provenance),
-                 snakemake.output.handle)
-    write_json([], snakemake.output.index)
+    write_handle(ModelHandle(spec.name, snakemake.output.merged, revision, "lora", provenance), snakemake.output.handle)
+    write_handles([], snakemake.output.index)

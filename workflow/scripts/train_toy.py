@@ -3,8 +3,7 @@ from pathlib import Path
 
 import torch
 
-from circuitflow.models import ModelHandle, write_handle
-from circuitflow.io import write_json
+from circuitflow.models.handle import ModelHandle, write_handle, write_handles
 from circuitflow.recipes import ToyRecipe, recipe_from_dict
 from circuitflow.snakejob import snakemake_job
 from circuitflow.toy import train_toy
@@ -16,7 +15,7 @@ with snakemake_job(snakemake) as log:
                               f"models.{name}.recipe")
     out = Path(snakemake.output.checkpoints)
     train_toy(recipe, out, Path(snakemake.output.training_log))
-    handles = [ModelHandle(name, str((out / f"step{s}").resolve()), f"step{s}", "toy", {"step": s})
+    handles = [ModelHandle(name, str(out / f"step{s}"), f"step{s}", "toy", {"step": s})
                for s in recipe.checkpoint_steps]
-    write_json([h.__dict__ for h in handles], snakemake.output.index)
+    write_handles(handles, snakemake.output.index)
     write_handle(handles[-1], snakemake.output.handle)
