@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from circuitflow.models import ModelHandle, load_hf_model
-from circuitflow.models.lora import export_raw_lora, merge_adapter, merge_raw_lora
+from circuitflow.models.lora import export_raw_lora, merge_adapter, merge_raw_lora, stabilize_peft_config
 from circuitflow.recipes import ARCHITECTURES, LORA_TARGETS, LoraRecipe
 from circuitflow.toy import finetune_lora, train_toy
 from tests.conftest import TINY_RECIPE
@@ -65,6 +66,28 @@ def test_peft_merge_matches_adapter_and_raw_merge(lora_toy, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     # the adapter actually changed the model
     assert not torch.allclose(_logits(load_hf_model(handle, "cpu")), expected)
+
+
+def test_a_stabilized_peft_config_has_the_same_bytes_whatever_the_set_order_and_still_loads(lora_toy, tmp_path):
+    from peft import PeftModel
+
+    handle, adapter_dir = lora_toy
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    texts = []
+    for order in (sorted, lambda modules: sorted(modules, reverse=True)):
+        copy = shutil.copytree(adapter_dir, tmp_path / f"adapter_{len(texts)}")
+        (copy / "adapter_config.json").write_text(json.dumps({**saved, "target_modules": order(
+            saved["target_modules"])}))
+        stabilize_peft_config(copy, "results/models/toy/checkpoints/step60")
+        texts.append((copy / "adapter_config.json").read_text())
+    assert texts[0] == texts[1]
+    stable = json.loads(texts[0])
+    assert stable["target_modules"] == sorted(saved["target_modules"]) and len(stable["target_modules"]) >= 2
+    assert stable["base_model_name_or_path"] == "results/models/toy/checkpoints/step60"
+    assert list(stable) == sorted(stable)
+    expected = _logits(PeftModel.from_pretrained(load_hf_model(handle, "cpu"), str(adapter_dir)))
+    got = _logits(PeftModel.from_pretrained(load_hf_model(handle, "cpu"), str(tmp_path / "adapter_0")))
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 def test_raw_merge_extra_pair_and_bias_known_numbers():

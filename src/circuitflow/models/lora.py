@@ -18,13 +18,30 @@ Two adapter formats:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from circuitflow.io import write_json
 
 if TYPE_CHECKING:
     import torch
 
 PEFT_PREFIX = "base_model.model."
+PEFT_SET_FIELDS = ("target_modules", "exclude_modules")  # sets in peft's config, saved as lists in hash order
+
+
+def stabilize_peft_config(adapter_dir: Path, base_model: str) -> None:
+    """Rewrite ``adapter_dir/adapter_config.json`` so its bytes are reproducible and relocatable: keys and the
+    module-set fields sorted (peft saves sets in the process's hash order), and ``base_model_name_or_path`` set to
+    ``base_model`` (a relative path, not this machine's absolute one)."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key in PEFT_SET_FIELDS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    config["base_model_name_or_path"] = base_model
+    write_json(config, path)
 
 
 def is_peft_dir(path: Path) -> bool:
@@ -102,8 +119,6 @@ def merge_adapter(
 
 def export_raw_lora(peft_dir: Path, out_file: Path) -> float:
     """Write a peft adapter as a raw LoRA file (module keys, no peft prefix); return the scaling to merge it with."""
-    import json
-
     from safetensors.torch import load_file, save_file
 
     config = json.loads((peft_dir / "adapter_config.json").read_text())
