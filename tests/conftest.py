@@ -33,10 +33,30 @@ def toy_handle(toy_dir) -> ModelHandle:
 TINY_ARCHS = ("gpt_neox", "gptj", "llama_gqa", "gpt2")
 
 
+# further families the engine's correctness is checked on (tests/unit/test_families.py), and families it refuses
+MORE_FAMILIES = ("mistral", "mistral_sliding", "qwen2", "qwen3", "olmo")
+REFUSED_FAMILIES = ("gemma2", "gemma3", "olmo2")
+
+
 def tiny_config(arch: str, vocab: int, **overrides):
     """A 2-layer, d_model 32, 4-head config of ``arch`` (random weights; built locally, never downloaded)."""
+    import transformers
     from transformers import GPT2Config, GPTJConfig, GPTNeoXConfig, LlamaConfig
 
+    shape = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=32)
+    grouped = dict(shape, num_key_value_heads=2)
+    more = {"mistral": ("MistralConfig", dict(grouped, sliding_window=None)),
+            "mistral_sliding": ("MistralConfig", dict(grouped, sliding_window=3)),  # shorter than the prompts
+            "qwen2": ("Qwen2Config", grouped),  # q/k/v biases
+            "qwen3": ("Qwen3Config", dict(grouped, head_dim=8)),  # q/k norms
+            "olmo": ("OlmoConfig", shape),  # non-parametric layer norms
+            "gemma2": ("Gemma2Config", dict(grouped, head_dim=8)),  # post-attention norms, soft-capping
+            "gemma3": ("Gemma3TextConfig", dict(grouped, head_dim=8)),
+            "olmo2": ("Olmo2Config", shape)}  # norms after attention and MLP only
+    if arch in more:
+        name, kwargs = more[arch]
+        return getattr(transformers, name)(**kwargs, **overrides)
     if arch == "gpt_neox":
         return GPTNeoXConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                              intermediate_size=64, rotary_pct=0.25, max_position_embeddings=32, **overrides)

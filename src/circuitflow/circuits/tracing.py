@@ -26,12 +26,16 @@ from circuitflow.circuits.anatomy import Anatomy, norm_vjp, normed_shift
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.graph import Graph
 from circuitflow.metrics import Metric
-from circuitflow.models.contract import bridge_contract, input_device
+from circuitflow.models.contract import BridgeContractError, bridge_contract, input_device
 
 Intervention = Literal["patching", "zero", "mean", "mean-positional"]
 INTERVENTIONS = ("patching", "zero", "mean", "mean-positional")
 
 Edit = tuple[str, slice, float]  # (hook name, upstream nodes, beta): add beta * Σ_{u in nodes} Δ_u at that hook
+# largest |actual − Σ Δ_u| / max |actual| of a node input that :func:`check_additive` lets through: rounding noise
+# (HF computes some norms and attention in float32 even in a float64 model) is far below, a rescaled block output
+# (Gemma-2/3's post-norms: 0.2–1) far above
+ADDITIVE_TOLERANCE = {torch.float64: 1e-3, torch.float32: 1e-3, torch.bfloat16: 0.1, torch.float16: 0.1}
 
 
 def head_outputs(W_O: Tensor, z: Tensor) -> Tensor:
@@ -52,6 +56,7 @@ class Tracer:
         # where tokens go and the engine's buffers and scores live; on a model split over devices (device_map) every
         # hook moves what it adds to its activation's device and what it keeps back here
         self.device = input_device(bridge)
+        check_additive(self)  # raises BridgeContractError
 
     # ------------------------------------------------------------------ activations of plain runs
     @torch.no_grad()
@@ -256,3 +261,32 @@ def metric_values(metric: Metric, logits: Tensor, clean_logits: Tensor, batch: P
     the clean side (``clean_logits`` ``[batch, pos, vocab]``) is computed once per prompt."""
     return metric(logits, clean_logits, batch.lengths, batch.labels).view(-1, len(batch))
 
+
+
+@torch.no_grad()
+def check_additive(tracer: Tracer) -> None:
+    """The engine's premise, checked on two random prompts: between two runs, every node input (each attention and MLP
+    norm's input, the final norm's input) changes by exactly the sum of the changes of the node outputs written
+    before it (the input embedding, each head's ``z_h @ W_O[h]``, each MLP's output). A model that transforms a
+    block's output after the heads write it (Gemma-2/3 normalise the attention output) breaks it; such a model is
+    refused with :class:`BridgeContractError` rather than scored approximately."""
+    a, g = tracer.anatomy, tracer.shape
+    names = {"final": a.final_hook, **tracer.layer_hooks("attn_norm_in"), **tracer.layer_hooks("mlp_norm_in")}
+    generator = torch.Generator().manual_seed(0)
+    runs = []
+    for _ in range(2):
+        tokens = torch.randint(0, int(tracer.bridge.cfg.d_vocab), (2, 6), generator=generator)
+        runs.append((tracer.outputs(tokens)[1].double(), tracer.capture(tokens, names)[1]))
+    (up_a, in_a), (up_b, in_b) = runs
+    delta = up_a - up_b
+    checks = [(f"blocks.{layer}'s {role} input", f"{role}_norm_in{layer}", g.upstream_before(layer, role))
+              for layer in range(a.n_layers) for role in ("attn", "mlp")] + [("the final norm's input", "final", g.n_up)]
+    tolerance = ADDITIVE_TOLERANCE.get(a.layers[0].W_O.dtype, 0.1)
+    for where, key, n in checks:
+        actual = (in_a[key].double() - in_b[key].double()).to(delta.device)
+        error = float((actual - delta[:, :, :n].sum(2)).abs().max()) / max(float(actual.abs().max()), 1e-30)
+        if error > tolerance:
+            raise BridgeContractError(
+                f"{where} is not the sum of the head and MLP outputs written before it (off by {error:.0%}): "
+                f"{tracer.bridge.cfg.architecture} transforms a block's output after its heads write it (a norm "
+                "after attention, say), so the circuit engine cannot score its heads exactly; refused")
