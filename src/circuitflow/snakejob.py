@@ -5,7 +5,6 @@ batch size or a device does not change what a job computes)."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuitflow.logs import log_to
+from circuitflow.models.handle import read_handle
 from circuitflow.provenance import provenance_record, register
 
 # Config keys that change how fast a job runs, not its numbers (``dtype`` does change them: it is a param).
@@ -67,7 +67,7 @@ def job_model_and_revision(snakemake) -> tuple[str | None, str | None]:
     handle = dict(snakemake.input.items()).get("handle")
     if model is None or not isinstance(handle, str) or Path(handle).parent.name != model:
         return model, None
-    return model, json.loads(Path(handle).read_text()).get("revision")
+    return model, read_handle(handle).revision  # a broken handle: HandleError, one line naming the file
 
 
 @contextmanager
@@ -76,8 +76,8 @@ def snakemake_job(snakemake, torch_threads: bool = False) -> Iterator[logging.Lo
     its provenance (model, revision, its params but :data:`NOT_CONFIG_PARAMS`, ``code`` hash) for every table it
     writes. With ``torch_threads``, torch uses the job's ``threads``."""
     params = dict(snakemake.params.items())
-    model, revision = job_model_and_revision(snakemake)
     with log_to(snakemake.log[0]) as log:
+        model, revision = job_model_and_revision(snakemake)
         if torch_threads:
             set_torch_threads(snakemake.threads)
         config = {key: value for key, value in params.items() if key not in NOT_CONFIG_PARAMS}

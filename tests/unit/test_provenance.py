@@ -28,7 +28,7 @@ def fake_job(tmp_path: Path, params: dict, threads: int = 1, config: dict | None
     """What Snakemake hands a script: params, input (the model's own handle), wildcards, log, threads, config."""
     handle = tmp_path / "results/models/toy/model.json"
     handle.parent.mkdir(parents=True, exist_ok=True)
-    handle.write_text(json.dumps({"name": "toy", "path": "/x", "revision": "step150", "source": "toy"}))
+    handle.write_text(json.dumps({"name": "toy", "path": str(tmp_path), "revision": "step150", "source": "toy"}))
     return SimpleNamespace(params=Params(fromdict=params), input=InputFiles(fromdict={"handle": str(handle)}),
                            wildcards=Wildcards(fromdict={"model": "toy", "op": "add"}),
                            log=Log([str(tmp_path / "job.log")]), threads=threads, config=config or {})
