@@ -7,7 +7,7 @@ from circuitflow.io import cached_frame, file_stamps, resumable_sweep, write_par
 from circuitflow.localization.ie_maps import counterfactual_pool, ie_map
 from circuitflow.models import load_bridge, load_tokenizer, read_handles
 from circuitflow.snakejob import job_performance, snakemake_job
-from circuitflow.tables import with_labels
+from circuitflow.tables import PROMPT_SET_COLUMNS, read_table, with_labels
 
 
 def checkpoint_maps(handle, prompt_sets, pool, p, perf):
@@ -23,7 +23,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p = snakemake.params
     pool = counterfactual_pool(snakemake.input.answers)
-    prompt_sets = {op: pd.read_parquet(path) for op, path in zip(p.operators, snakemake.input.prompts)}
+    prompt_sets = {op: read_table(path, PROMPT_SET_COLUMNS)
+                   for op, path in zip(p.operators, snakemake.input.prompts)}
     tables = []
     with resumable_sweep(p.partial, dict(params=dict(p.items()), inputs=file_stamps(snakemake.input))) as folder:
         for handle in read_handles(snakemake.input.index):

@@ -1,19 +1,19 @@
 """Neuron importance (attribution patching, IE metric, last position) and exact effects for chosen layers."""
-import pandas as pd
 
 from circuitflow.circuits import pair_batches
 from circuitflow.circuits.job import load_model_job
 from circuitflow.io import write_parquet
 from circuitflow.localization.neuron_scores import neuron_table
 from circuitflow.snakejob import job_performance, snakemake_job
-from circuitflow.tables import with_labels
+from circuitflow.tables import PROMPT_SET_COLUMNS, read_table, with_labels
 
 with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p, loc = snakemake.params, snakemake.params.loc
     job = load_model_job(snakemake.input.handle, perf.device, p.dtype, perf.device_map)
     handle, tokenizer, tracer = job.handle, job.tokenizer, job.tracer
-    batches = pair_batches(pd.read_parquet(snakemake.input.prompts), tokenizer, perf.localization_batch_size)
+    prompts = read_table(snakemake.input.prompts, PROMPT_SET_COLUMNS)
+    batches = pair_batches(prompts, tokenizer, perf.localization_batch_size)
     table = neuron_table(tracer, batches, loc["exact_neuron_layers"])
     for layer, rows in table.dropna(subset=["exact_ie"]).groupby("layer"):
         log.info("layer %d: exact vs attribution: Pearson %.3f, Spearman %.3f", layer,

@@ -8,7 +8,7 @@ from circuitflow.localization.mean_ablation import paper_faithfulness
 from circuitflow.logs import clamped
 from circuitflow.prompts import all_pair_prompts, prompt_prefix
 from circuitflow.snakejob import job_performance, snakemake_job
-from circuitflow.tables import with_labels
+from circuitflow.tables import PROMPT_SET_COLUMNS, read_table, with_labels
 
 with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
@@ -16,7 +16,7 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     job = load_model_job(i.handle, perf.device, p.dtype, perf.device_map)
     a = job.tracer.anatomy
     n_heads = clamped(log, "localization.top_heads", loc["top_heads"], a.n_layers * a.n_heads, job.handle.name, "heads")
-    prompts = pd.read_parquet(i.prompts)
+    prompts = read_table(i.prompts, PROMPT_SET_COLUMNS)
     batches = pair_batches(prompts, job.tokenizer, perf.localization_batch_size)
     # means over all operand pairs of all operators, legal or not, with the prompt set's own prefix and token length
     texts = all_pair_prompts(p.prompts["operand_max"], prompt_prefix(prompts))
