@@ -14,7 +14,8 @@ def log_to(path: Path | str) -> Iterator[logging.Logger]:
     """Send stdout, stderr and ``logging`` (INFO) to ``path`` for the duration of the block.
 
     An exception is written to the log as a traceback and re-raised, so Snakemake marks the job failed and points
-    at the log; a :class:`ValueError` carrying a user-facing message is also echoed as one line on the real stderr.
+    at the log; a :class:`ValueError` carries a user-facing message: it is echoed as one line on the real stderr and
+    the job exits with status 1 without a traceback there.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,10 +30,10 @@ def log_to(path: Path | str) -> Iterator[logging.Logger]:
         logger = logging.getLogger("circuitflow.job")
         try:
             yield logger
-        except ValueError as err:
+        except ValueError as err:  # a user-facing message: one line, no traceback (that is in the log)
             logger.exception("job failed")
             print(f"error: {err} (log: {path})", file=real_stderr)
-            raise
+            raise SystemExit(1) from None
         except BaseException:
             logger.exception("job failed")
             raise

@@ -55,7 +55,7 @@ def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.Complet
 def rules_in(run: subprocess.CompletedProcess) -> set[str]:
     """The rules of the jobs a (dry) run lists."""
     assert run.returncode == 0, run.stderr[-3000:]
-    return set(re.findall(r"^(?:local)?rule (\w+):", run.stdout + run.stderr, re.MULTILINE))
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", run.stdout + run.stderr, re.MULTILINE))
 
 
 @pytest.fixture(scope="module")

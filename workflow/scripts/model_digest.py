@@ -5,10 +5,7 @@ one line, before any of them starts."""
 from circuitflow.models.digest import write_model_digest
 from circuitflow.snakejob import snakemake_job
 
-try:
-    with snakemake_job(snakemake) as log:
-        record = write_model_digest(snakemake.input.handle, snakemake.input.index, snakemake.output.digest,
-                                    dict(snakemake.input.items()).get("adapter"))
-        log.info("%s: %d revision(s) checked, sha256 %s", record["model"], len(record["revisions"]), record["sha256"])
-except ValueError:  # a broken file or handle: log_to has printed its one line (the traceback is in the log)
-    raise SystemExit(1) from None
+with snakemake_job(snakemake) as log:  # a broken file or handle: one line (log_to), the traceback in the log
+    record = write_model_digest(snakemake.input.handle, snakemake.input.index, snakemake.output.digest,
+                                dict(snakemake.input.items()).get("adapter"))
+    log.info("%s: %d revision(s) checked, sha256 %s", record["model"], len(record["revisions"]), record["sha256"])
