@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml $(LOCK) requirements-torch.txt
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
+# After an interruption type `make run` again: the lock a killed run left is released when no snakemake process runs
+# on this folder (a live run keeps it), and the profile reruns the jobs the kill cut short (rerun-incomplete).
 run: $(STAMP)
-	$(BIN)/snakemake --cores all
+	$(BIN)/python -c 'from circuitflow.io import release_stale_lock; release_stale_lock()'
+	$(BIN)/snakemake --cores all --workflow-profile workflow/profiles/default
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
