@@ -1,5 +1,6 @@
-"""The workflow end to end on seconds-scale configs, one per toy architecture (GPT-NeoX, Llama with grouped-query
-attention, GPT-2): every output exists and is sane; a rerun does nothing. Expected shapes are read from the config."""
+"""The workflow end to end on seconds-scale configs, one per toy architecture (GPT-NeoX with all four operators,
+Llama with grouped-query attention and GPT-2 with + and −): every output exists and is sane; a rerun does nothing.
+Expected shapes and operators are read from the config."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
-OPS = ("add", "sub", "mul", "div")
 CONFIGS = {"gpt_neox": "tiny.yaml", "llama": "tiny-llama.yaml", "gpt2": "tiny-gpt2.yaml"}
 
 
@@ -31,6 +31,7 @@ class Run:
     results: Path
     configfile: Path
     architecture: str
+    ops: tuple[str, ...]
     methods: tuple[str, ...]
     steps: tuple[int, ...]
     n_layers: int
@@ -46,7 +47,8 @@ class Run:
         config = yaml.safe_load(configfile.read_text())
         recipe = config["models"]["toy"]["recipe"]
         loc, heur = config["localization"], config["heuristics"]
-        return cls(results, configfile, recipe.get("architecture", "gpt_neox"), tuple(config["circuits"]["methods"]),
+        return cls(results, configfile, recipe.get("architecture", "gpt_neox"), tuple(config["operators"]),
+                   tuple(config["circuits"]["methods"]),
                    tuple(sorted({*recipe["checkpoint_steps"], recipe["steps"]})), recipe["n_layers"],
                    recipe["n_heads"], recipe["d_mlp"], len(loc["seeds"]), tuple(loc["neurons_per_layer"]),
                    tuple(heur["knockout_neurons_per_layer"]), heur["neurons_per_layer"])
@@ -82,21 +84,23 @@ def expected_outputs(run: Run) -> list[str]:
         "toy/accuracy.parquet", "toy-lora/accuracy.parquet", "toy/checkpoint_accuracy.parquet",
         "figures/accuracy.png", "figures/accuracy.pdf", "figures/toy/training.png",
         "figures/toy/checkpoint_accuracy.png",
-        *(f"{m}/{kind}/{op}.parquet" for m in ("toy", "toy-lora") for kind in ("prompts", "answers") for op in OPS),
+        *(f"{m}/{kind}/{op}.parquet" for m in ("toy", "toy-lora") for kind in ("prompts", "answers")
+          for op in run.ops),
         *(f"logs/{rule}" for rule in ("train_toy", "prompts", "merge_lora", "finetune_toy_lora", "plot_accuracy",
                                        "attribute", "faithfulness", "draw_circuits")),
-        *(f"toy/graphs/{op}/{m}.{ext}" for op in OPS for m in run.methods for ext in ("pt", "json")),
-        *(f"toy/circuits/{op}/{t}.parquet" for op in OPS for t in ("faithfulness", "areas", "agreement")),
-        *(f"figures/toy/circuits/{op}/{m}.png" for op in OPS for m in run.methods),
-        *(f"figures/toy/faithfulness_{op}.{ext}" for op in OPS for ext in ("png", "pdf")),
-        *(f"toy/{t}/{op}.parquet" for op in OPS for t in ("ie_maps", "neurons", "probes", "paper_circuits",
+        *(f"toy/graphs/{op}/{m}.{ext}" for op in run.ops for m in run.methods for ext in ("pt", "json")),
+        *(f"toy/circuits/{op}/{t}.parquet" for op in run.ops for t in ("faithfulness", "areas", "agreement")),
+        *(f"figures/toy/circuits/{op}/{m}.png" for op in run.ops for m in run.methods),
+        *(f"figures/toy/faithfulness_{op}.{ext}" for op in run.ops for ext in ("png", "pdf")),
+        *(f"toy/{t}/{op}.parquet" for op in run.ops for t in ("ie_maps", "neurons", "probes", "paper_circuits",
                                                            "attention")),
-        *(f"toy/attention/{op}_ov.parquet" for op in OPS),
-        *(f"figures/toy/{f}_{op}.png" for op in OPS for f in ("ie_map", "neurons", "probes", "attention")),
+        *(f"toy/attention/{op}_ov.parquet" for op in run.ops),
+        *(f"figures/toy/{f}_{op}.png" for op in run.ops for f in ("ie_map", "neurons", "probes", "attention")),
         "figures/toy/paper_faithfulness.png", "figures/toy/paper_faithfulness.pdf",
         "toy/checkpoint_ie_maps.parquet", "figures/toy/checkpoint_ie.png",
-        *(f"toy/heuristics/{op}{t}.parquet" for op in OPS for t in ("", "_knockout", "_prompt_knockout", "_maps")),
-        *(f"figures/toy/{f}_{op}.png" for op in OPS for f in ("heuristics", "heuristic_maps")),
+        *(f"toy/heuristics/{op}{t}.parquet" for op in run.ops
+          for t in ("", "_knockout", "_prompt_knockout", "_maps")),
+        *(f"figures/toy/{f}_{op}.png" for op in run.ops for f in ("heuristics", "heuristic_maps")),
         "toy/checkpoint_heuristics.parquet", "figures/toy/checkpoint_heuristics.png", "report.html",
     ]
 
@@ -109,7 +113,7 @@ def test_outputs_exist(run):
 
 def test_prompt_sets_are_sane(run):
     for model in ("toy", "toy-lora"):
-        for op in OPS:
+        for op in run.ops:
             prompts = pd.read_parquet(run.results / model / "prompts" / f"{op}.parquet")
             answers = pd.read_parquet(run.results / model / "answers" / f"{op}.parquet")
             assert len(prompts) == 5
@@ -120,7 +124,7 @@ def test_prompt_sets_are_sane(run):
 
 def test_accuracy_tables_are_sane(run):
     toy = pd.read_parquet(run.results / "toy" / "accuracy.parquet")
-    assert sorted(toy["operator"]) == ["add", "div", "mul", "sub"]
+    assert sorted(toy["operator"]) == sorted(run.ops)
     assert toy["accuracy"].between(0, 1).all() and (toy["accuracy"] > 0.5).all()
     steps = pd.read_parquet(run.results / "toy" / "checkpoint_accuracy.parquet")
     assert tuple(sorted(steps["step"].unique())) == run.steps
@@ -137,7 +141,7 @@ def test_circuit_tables_are_sane(run):
 
     from circuitflow.circuits import Graph
 
-    for op in OPS:
+    for op in run.ops:
         curve = pd.read_parquet(run.results / "toy" / "circuits" / op / "faithfulness.parquet")
         assert set(curve["method"]) == set(run.methods)
         full = curve[curve["fraction"] == 1.0]
@@ -157,7 +161,7 @@ def test_localization_tables_are_sane(run):
     import numpy as np
 
     components = run.n_layers * (run.n_heads + 1)  # every query head and the MLP of each layer
-    for op in OPS:
+    for op in run.ops:
         ie_map = pd.read_parquet(run.results / "toy" / "ie_maps" / f"{op}.parquet")
         assert len(ie_map) == run.seeds * components * 4 and ie_map["seed"].nunique() == run.seeds  # × positions
         assert np.isfinite(ie_map["ie"]).all()
@@ -178,7 +182,7 @@ def test_localization_tables_are_sane(run):
 
 
 def test_heuristics_tables_are_sane(run):
-    for op in OPS:
+    for op in run.ops:
         layer = pd.read_parquet(run.results / "toy" / "paper_circuits" / f"{op}.parquet")["heuristics_layer"].iloc[0]
         table = pd.read_parquet(run.results / "toy" / "heuristics" / f"{op}.parquet")
         assert (table["layer"] >= layer).all() and table["score"].between(0, 1).all()
@@ -198,8 +202,8 @@ def test_heuristics_tables_are_sane(run):
 def test_checkpoint_heuristics_end_where_the_final_model_is(run):
     steps = pd.read_parquet(run.results / "toy" / "checkpoint_heuristics.parquet")
     assert tuple(sorted(steps["step"].unique())) == run.steps
-    assert set(steps["operator"]) == set(OPS)
-    assert len(steps) == len(run.steps) * len(OPS) * len(run.knockout_neurons)
+    assert set(steps["operator"]) == set(run.ops)
+    assert len(steps) == len(run.steps) * len(run.ops) * len(run.knockout_neurons)
     final = steps[steps["step"] == run.steps[-1]]
     # the last checkpoint is the final model: the same neurons, the same matches, the same knockout
     assert final["final_matches_present"].fillna(1.0).eq(1.0).all()
@@ -211,16 +215,16 @@ def test_checkpoint_heuristics_end_where_the_final_model_is(run):
 def test_checkpoint_ie_maps_cover_every_checkpoint_and_operator(run):
     steps = pd.read_parquet(run.results / "toy" / "checkpoint_ie_maps.parquet")
     assert tuple(sorted(steps["step"].unique())) == run.steps
-    assert set(steps["operator"]) == set(OPS)
+    assert set(steps["operator"]) == set(run.ops)
     # checkpoints × operators × components × positions (first seed only)
-    assert len(steps) == len(run.steps) * len(OPS) * run.n_layers * (run.n_heads + 1) * 4
+    assert len(steps) == len(run.steps) * len(run.ops) * run.n_layers * (run.n_heads + 1) * 4
 
 
 def test_report_shows_every_figure(run):
     text = (run.results / "report.html").read_text()
     figures = sorted((run.results / "figures").rglob("*.png"))
     expected = {rel.removeprefix("figures/") for rel in expected_outputs(run) if rel.endswith(".png")}
-    assert text.count("data:image/png;base64,") == len(figures) >= len(expected) > 40
+    assert text.count("data:image/png;base64,") == len(figures) >= len(expected) > 20
     assert all(f"<b>{png.relative_to(run.results / 'figures').as_posix()}</b>" in text for png in figures)
 
 
