@@ -82,15 +82,21 @@ def _image(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_report(path: Path | str, figures: Sequence[str], figures_dir: Path | str, captions_dir: Path | str,
+def read_captions(folder: Path | str) -> dict[str, str]:
+    """``{caption name: text}`` of the ``*.rst`` caption files in ``folder`` (workflow/report). The report rule takes
+    them as params, so editing a caption reruns the report and moving the checkout does not."""
+    return {path.stem: path.read_text().strip() for path in sorted(Path(folder).glob("*.rst"))}
+
+
+def write_report(path: Path | str, figures: Sequence[str], figures_dir: Path | str, captions: dict[str, str],
                  tables: dict[str, pd.DataFrame], config: dict) -> None:
-    """Write the self-contained HTML report to ``path`` (atomically)."""
-    figures_dir, captions_dir = Path(figures_dir), Path(captions_dir)
+    """Write the self-contained HTML report to ``path`` (atomically); ``captions`` from :func:`read_captions`."""
+    figures_dir = Path(figures_dir)
     by_section: dict[str, list[tuple[str, str]]] = {section: [] for section in SECTIONS}
     for figure in sorted(figures):
         relative = Path(figure).relative_to(figures_dir).as_posix()
         section, caption = figure_kind(relative)
-        by_section[section].append((figure, (captions_dir / f"{caption}.rst").read_text().strip()))
+        by_section[section].append((figure, captions[caption]))
     parts = [f"<h1>circuitflow report</h1><p>circuitflow {__version__}; every number and figure below was produced "
              "by this run of the workflow (tables under <code>results/</code>, see README &ldquo;Outputs&rdquo;).</p>",
              "<h2>Headline numbers</h2>"]

@@ -129,3 +129,19 @@ def test_a_scoped_rerun_touches_only_the_drawings_and_a_noop_rerun_is_fast(workd
     seconds = time.perf_counter() - start
     assert "Nothing to be done" in run.stdout + run.stderr
     assert seconds < 5, f"a no-op rerun took {seconds:.1f} s (about 2 s expected)"
+
+
+def test_a_moved_checkout_plans_nothing_on_a_finished_run(workdir, tmp_path):
+    """No job's params name where the checkout lives (caption texts, not their folder): the Snakefile and workflow/
+    copied elsewhere find the finished run up to date."""
+    import shutil
+
+    base = write_config(workdir, "base")
+    assert snakemake(workdir, base).returncode == 0  # up to date with the base config, whatever ran before
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "workflow", checkout / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "Snakefile", checkout / "Snakefile")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(base), "--cores", "2", "-n"]
+    moved = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rules_in(moved) == set() and "Nothing to be done" in moved.stdout + moved.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from circuitflow.report import FIGURE_KINDS, figure_kind, write_report
+from circuitflow.report import FIGURE_KINDS, figure_kind, read_captions, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
@@ -41,7 +41,7 @@ def test_report_embeds_figures_tables_and_config(tmp_path):
     out = tmp_path / "report.html"
     table = pd.DataFrame({"add": [0.99]}, index=pd.Index(["toy"], name="model"))
     write_report(out, [str(figures / "toy/probes_add.png"), str(figures / "accuracy.png")], figures,
-                 ROOT / "workflow" / "report", {"Accuracy": table}, {"seed": 0})
+                 read_captions(ROOT / "workflow" / "report"), {"Accuracy": table}, {"seed": 0})
     text = out.read_text()
     assert text.count("data:image/png;base64,") == 2 and "toy/probes_add.png" in text
     assert "linear probe" in text.lower() and "0.990" in text and "seed: 0" in text

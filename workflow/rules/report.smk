@@ -1,4 +1,5 @@
 # The run's self-contained HTML report: every figure with its caption, headline tables and the config.
+from circuitflow.report import read_captions
 
 
 rule report:
@@ -15,7 +16,7 @@ rule report:
     params:
         config=without_performance(CFG),
         figures_dir=f"{RES}/figures",
-        captions_dir=str(Path(workflow.basedir) / "workflow/report"),
+        captions=read_captions(Path(workflow.basedir) / "workflow/report"),  # texts, not a path: relocatable
         code=script_code("report"),
     log:
         f"{RES}/logs/report/all.log",
