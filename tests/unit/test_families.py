@@ -18,7 +18,7 @@ from circuitflow.models import ModelHandle, load_bridge
 from circuitflow.models.contract import BridgeContractError
 from circuitflow.toy import build_tokenizer
 from tests.conftest import MORE_FAMILIES, REFUSED_FAMILIES, TINY_ARCHS, tiny_config
-from tests.unit.test_circuits import random_pairs
+from tests.unit.test_circuits import assert_full_is_clean_and_empty_is_corrupt, random_pairs
 
 
 def bridge_of(family: str, folder) -> object:
@@ -42,14 +42,7 @@ def family(request, tmp_path_factory):
 
 
 def test_full_graph_is_clean_and_empty_graph_is_corrupt(family):
-    _, tracer = family
-    batch = random_pairs(3)
-    clean, _ = tracer.outputs(batch.clean)
-    corrupt, corrupt_up = tracer.outputs(batch.corrupt)
-    g = tracer.shape
-    logits = tracer.run_masked(batch, torch.stack([torch.zeros_like(g.valid), g.valid]), corrupt_up)
-    torch.testing.assert_close(logits[:3], clean, rtol=0, atol=1e-9)
-    torch.testing.assert_close(logits[3:], corrupt, rtol=0, atol=1e-9)
+    assert_full_is_clean_and_empty_is_corrupt(family[1], atol=1e-9)
 
 
 def test_eap_equals_the_finite_difference_of_the_masked_run(family):
