@@ -20,6 +20,7 @@ include: "workflow/rules/localization.smk"
 include: "workflow/rules/heuristics.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/cluster.smk"
 
 
 rule all:

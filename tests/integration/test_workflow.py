@@ -13,15 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.integration.conftest import TINY, snakemake
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
 CONFIGS = {"gpt_neox": "tiny.yaml", "llama": "tiny-llama.yaml", "gpt2": "tiny-gpt2.yaml"}
-
-
-def snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
 @dataclass(frozen=True)
@@ -56,8 +52,10 @@ class Run:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def run(request, tmp_path_factory) -> Run:
-    workdir = tmp_path_factory.mktemp(f"workflow_{request.param}")
     configfile = ROOT / "tests/configs" / CONFIGS[request.param]
+    if configfile == TINY:  # the session's shared run
+        return Run.of(request.getfixturevalue("tiny_workdir") / "results", configfile)
+    workdir = tmp_path_factory.mktemp(f"workflow_{request.param}")
     done = snakemake(workdir, configfile)
     assert done.returncode == 0, done.stderr[-4000:]
     return Run.of(workdir / "results", configfile)

@@ -42,10 +42,6 @@ rule download_model:
         "../scripts/download_model.py"
 
 
-localrules:
-    register_local,
-
-
 rule register_local:
     output:
         handle=f"{RES}/models/{{model}}/model.json",
