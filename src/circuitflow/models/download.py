@@ -2,7 +2,8 @@
 
 Resumable; honours ``HF_HOME``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``. Transient network failures (no connection
 while online, timeouts, server errors, rate limits) are retried here with a growing wait; an error that would only
-repeat (no such model or revision, a gated model, offline without the files) fails at once in one line.
+repeat (no such model or revision, a gated model, offline without the files) fails at once in one line. Only
+safetensors weights are fetched: a revision without them (e.g. only a pickled ``pytorch_model.bin``) is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 ATTEMPTS = 4
@@ -57,13 +59,19 @@ def _first_line(err: BaseException) -> str:
 
 def _lasting(err: BaseException, repo_id: str, revision: str, cache_dir: str | None) -> DownloadError | None:
     """The one-line error for a failure that a retry would only repeat; None for a transient one."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, \
-        RevisionNotFoundError
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, \
+        RepositoryNotFoundError, RevisionNotFoundError
 
+    if isinstance(err, GatedRepoError):
+        return DownloadError(f"{repo_id}: a gated model: accept its licence at {constants.ENDPOINT}/{repo_id}, then "
+                             "log in with that account (hf auth login, or set HF_TOKEN)")
     if isinstance(err, RepositoryNotFoundError):
-        return DownloadError(f"{repo_id}: no such model on the hub (or it is gated: set HF_TOKEN)")
+        return DownloadError(f"{repo_id}: no such model on the hub (a private one needs HF_TOKEN); check the "
+                             "model's repo_id")
     if isinstance(err, RevisionNotFoundError):
-        return DownloadError(f"{repo_id}: revision {revision!r} does not exist on the hub")
+        return DownloadError(f"{repo_id}@{revision}: no such revision on the hub; use a branch, tag or commit of "
+                             f"{repo_id} (see {constants.ENDPOINT}/{repo_id}/tree/main)")
     if isinstance(err, LocalEntryNotFoundError):
         return DownloadError(offline_fix(repo_id, revision, cache_dir)) if hub_offline() else None
     status = getattr(getattr(err, "response", None), "status_code", None)
@@ -75,12 +83,36 @@ def _lasting(err: BaseException, repo_id: str, revision: str, cache_dir: str | N
     return None
 
 
+def _repo_files(repo_id: str, revision: str, cache_dir: str | None) -> list[str]:
+    """The files of ``repo_id`` at ``revision`` as the hub listed them at download time (``huggingface_hub`` keeps
+    the listing in the cache), including those the patterns skipped; empty when no listing is cached."""
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+
+    try:
+        return [entry.path for entry in get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache_dir)]
+    except CachedRepoTreeNotFoundError:
+        return []
+
+
+def check_weights(snapshot: str, repo_id: str, revision: str, cache_dir: str | None = None) -> None:
+    """A downloaded revision must hold safetensors weights: pickled ``*.bin`` weights are never fetched (loading one
+    can run code), so a revision with only those is refused here, in one line, rather than failing in a later job."""
+    if any(Path(snapshot).glob("*.safetensors")):
+        return
+    pickled = [name for name in _repo_files(repo_id, revision, cache_dir) if name.endswith(".bin")]
+    found = f"has only pickled PyTorch weights ({', '.join(pickled)})" if pickled else "has no *.safetensors weights"
+    raise DownloadError(f"{repo_id}@{revision}: {found}; the workflow loads safetensors only: pick a revision with "
+                        "model.safetensors, or convert this one (from_pretrained + save_pretrained writes "
+                        "safetensors) and use the folder as a 'local' model")
+
+
 def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | None = None, attempts: int = ATTEMPTS,
                       wait: float = 10.0) -> str:
     """Download (or reuse from the cache) ``repo_id`` at ``revision``; return the local snapshot directory.
 
-    Only the files a causal LM needs are fetched (config, weights in safetensors, tokenizer). Interrupted downloads
-    resume on the next call; transient failures are retried up to ``attempts`` times, waiting ``wait`` seconds,
+    Only the files a causal LM needs are fetched (config, weights in safetensors, tokenizer); a revision without
+    safetensors weights is refused (:func:`check_weights`). Interrupted downloads resume on the next call; transient failures are retried up to ``attempts`` times, waiting ``wait`` seconds,
     then twice as long each time.
     """
     from huggingface_hub import snapshot_download
@@ -89,7 +121,7 @@ def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | Non
     network_errors = (OSError, *HfHubHTTPError.__bases__)  # the hub's HTTP client errors: timeouts, no connection
     for attempt in range(attempts):
         try:
-            return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=PATTERNS)
+            snapshot = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=PATTERNS)
         except network_errors as err:
             lasting = _lasting(err, repo_id, revision, cache_dir)
             if lasting is not None:
@@ -100,4 +132,7 @@ def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | Non
                                     ) from None
             log.warning("%s@%s: %s; retrying in %.0f s", repo_id, revision, _first_line(err), wait * 2 ** attempt)
             time.sleep(wait * 2 ** attempt)
+        else:
+            check_weights(snapshot, repo_id, revision, cache_dir)
+            return snapshot
     raise DownloadError(f"{repo_id}@{revision}: attempts={attempts}; use at least 1")
