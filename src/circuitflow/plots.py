@@ -8,11 +8,71 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter  # noqa: E402
 
 from circuitflow.io import atomic_path  # noqa: E402
 
 OP_LABELS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
+
+
+def component_name(layer: int, head: int | None = None, neuron: int | None = None) -> str:
+    """A component's name, one scheme everywhere (EAP-IG's node names): ``a{layer}.h{head}`` for an attention head,
+    ``m{layer}`` for an MLP, ``m{layer}.n{neuron}`` for one MLP neuron."""
+    if head is not None and neuron is not None:
+        raise ValueError(f"a component is a head or a neuron, not both (layer {layer}, head {head}, neuron {neuron})")
+    if head is not None:
+        return f"a{layer}.h{head}"
+    return f"m{layer}" if neuron is None else f"m{layer}.n{neuron}"
+
+
+def symlog_threshold(values) -> float:
+    """Linear threshold of a symmetric-log axis for ``values``: the power of ten at or below their 10th-percentile
+    nonzero magnitude, at most a tenth of the largest, so the axis always shows a decade beyond it (1 if all are 0)."""
+    magnitudes = np.abs(np.asarray(values, dtype=float))
+    magnitudes = magnitudes[np.isfinite(magnitudes) & (magnitudes > 0)]
+    if not len(magnitudes):
+        return 1.0
+    return float(10.0 ** np.floor(np.log10(min(np.quantile(magnitudes, 0.1), magnitudes.max() / 10))))
+
+
+# How much axis length (inches) a decade's label such as "−10⁻²" needs: its width on x, its height on y.
+LABEL_INCHES = {"x": 0.55, "y": 0.28}
+
+
+def set_symlog(ax, axis: str, values, linthresh: float | None = None) -> None:
+    """Symmetric-log ``axis`` ("x" or "y") of ``ax`` for ``values`` (linear below ``linthresh``, by default
+    :func:`symlog_threshold`), labelled at whole decades only (minor ticks' labels would read "−2.38525×10⁻¹"),
+    spaced so that no two labels overprint."""
+    getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh or symlog_threshold(values))
+    scale = getattr(ax, f"{axis}axis")
+    scale.set_minor_formatter(NullFormatter())
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    low, high = min(float(finite.min(initial=0.0)), 0.0), max(float(finite.max(initial=0.0)), 0.0)
+    if high == low:
+        return
+    exponents = np.arange(np.log10(scale.get_transform().linthresh), np.log10(max(-low, high)) + 1e-9)
+    decades = [t for e in exponents for t in (10.0 ** e, -(10.0 ** e)) if low <= t <= high] + [0.0]
+    forward = scale.get_transform().transform
+    box = ax.get_position()
+    length = box.width * ax.figure.get_figwidth() if axis == "x" else box.height * ax.figure.get_figheight()
+
+    def position(tick: float) -> float:
+        return (forward(tick) - forward(low)) / (forward(high) - forward(low))
+
+    scale.set_major_locator(FixedLocator(spaced_ticks(decades, position, LABEL_INCHES[axis] / length)))
+
+
+def spaced_ticks(ticks, position, min_gap: float) -> list[float]:
+    """The ``ticks`` to label, largest magnitudes and 0 first, dropping any whose ``position`` (0..1 along the axis)
+    lies within ``min_gap`` of one already kept, so their labels never overprint."""
+    kept: list[float] = []
+    for tick in sorted(ticks, key=lambda t: (t != 0, -abs(t), -t)):
+        if all(abs(float(position(tick)) - float(position(k))) >= min_gap for k in kept):
+            kept.append(tick)
+    return sorted(kept)
 
 
 # What savefig may stamp into a file besides the drawing: a PDF's CreationDate (a PNG carries only the matplotlib
@@ -37,7 +97,7 @@ def accuracy_bars(table: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(pivot), 3.5))
     pivot.rename(index=OP_LABELS).plot.bar(ax=ax, rot=0, width=0.8)
     ax.set(title="Accuracy on all legal prompts", xlabel="operator", ylabel="accuracy", ylim=(0, 1.05))
-    ax.legend(title="model", fontsize="small")
+    ax.legend(title="model", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over the bars
     return fig
 
 
@@ -68,13 +128,11 @@ def faithfulness_curves(curve: pd.DataFrame, title: str):
 def circuit_drawing(graph, title: str):
     """The circuit of ``graph`` (its ``in_graph`` edges): nodes laid out by layer, edge width ∝ |score|, red for
     positive and blue for negative scores."""
-    import numpy as np
-
     layout = {"input": (0.5 * (graph.n_heads - 1), 0.0)}
     for layer in range(graph.n_layers):
         for h in range(graph.n_heads):
-            layout[f"a{layer}.h{h}"] = (float(h), 2.0 * layer + 1)
-        layout[f"m{layer}"] = (0.5 * (graph.n_heads - 1), 2.0 * layer + 2)
+            layout[component_name(layer, h)] = (float(h), 2.0 * layer + 1)
+        layout[component_name(layer)] = (0.5 * (graph.n_heads - 1), 2.0 * layer + 2)
     layout["logits"] = (0.5 * (graph.n_heads - 1), 2.0 * graph.n_layers + 1)
     ups = graph.upstream_names()
     owners = graph.down_owner()
@@ -103,13 +161,12 @@ def circuit_drawing(graph, title: str):
 def ie_heatmaps(table: pd.DataFrame, title: str, value: str = "ie_median"):
     """IE map: one panel per prompt position, layers × (heads, MLP), mean over seeds of ``value`` (by default the
     median IE over prompts: the mean IE explodes when a patch flips a confident answer)."""
-    import numpy as np
+    from matplotlib.colors import SymLogNorm
 
     positions = ["op1", "operator", "op2", "last"]
     n_layers, n_heads = int(table["layer"].max()) + 1, int(table["head"].max()) + 1
-    from matplotlib.colors import SymLogNorm
-
-    fig, axes = plt.subplots(1, 4, figsize=(2.2 + 1.0 * 4 * (n_heads + 1) * 0.45, 1.5 + 0.35 * n_layers + 1),
+    height = 1.5 + 0.35 * n_layers + 1
+    fig, axes = plt.subplots(1, 4, figsize=(2.2 + 1.0 * 4 * (n_heads + 1) * 0.45, height),
                              sharey=True, squeeze=False, layout="constrained")
     means = table.groupby(["layer", "component", "head", "position"])[value].mean().reset_index()
     limit = float(np.nanmax(np.abs(means[value]))) or 1.0
@@ -120,12 +177,13 @@ def ie_heatmaps(table: pd.DataFrame, title: str, value: str = "ie_median"):
         for row in means[means["position"] == position].itertuples():
             grid[row.layer, n_heads if row.component == "mlp" else row.head] = getattr(row, value)
         image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
-        ax.set_xticks(range(n_heads + 1), [str(h) for h in range(n_heads)] + ["MLP"], fontsize=6)
+        ax.set_xticks(range(n_heads + 1), [f"h{h}" for h in range(n_heads)] + ["m"], fontsize=6)
         ax.set_yticks(range(n_layers))
-        ax.set(title=position, xlabel="head")
-    axes[0][0].set_ylabel("layer")
-    exponents = np.arange(np.floor(np.log10(norm.linthresh)), np.ceil(np.log10(limit)) + 1, 3)
-    ticks = sorted({0.0, *(10.0 ** exponents), *(-(10.0 ** exponents))})
+        ax.set(title=position, xlabel="head a{l}.h{h}, MLP m{l}")
+    axes[0][0].set_ylabel("layer l")
+    exponents = np.arange(np.floor(np.log10(norm.linthresh)), np.floor(np.log10(limit)) + 1)  # decades in the bar
+    decades = {0.0, *(10.0 ** exponents), *(-(10.0 ** exponents))}
+    ticks = spaced_ticks(decades, norm, min_gap=LABEL_INCHES["y"] / (0.75 * height))  # the bar: ~0.75 of the height
     fig.colorbar(image, ax=axes[0].tolist(), label=value.replace("_", " "), ticks=ticks)
     fig.suptitle(title)
     return fig
@@ -135,25 +193,25 @@ def neuron_panels(table: pd.DataFrame, title: str):
     """Left: exact per-neuron IE against the attribution score on the last exactly patched layer (Spearman in the
     title: IE is unbounded, so a few flipped prompts dominate Pearson); right: each layer's importance scores sorted
     in decreasing order."""
-    import numpy as np
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     exact = table.dropna(subset=["exact_ie"])
     if len(exact):
         layer = int(exact["layer"].max())
         rows = exact[exact["layer"] == layer]
         rho = rows["attribution_mean"].rank().corr(rows["exact_ie"].rank())  # Spearman
         left.scatter(rows["attribution_mean"], rows["exact_ie"], s=6, alpha=0.6)
-        left.set(title=f"layer {layer}: exact vs attribution (Spearman {rho:.3f})", xlabel="attribution (mean IE)",
-                 ylabel="exact patching IE (mean)", xscale="symlog", yscale="symlog")
+        left.set(title=f"{component_name(layer)} neurons: exact vs attribution (Spearman {rho:.3f})",
+                 xlabel="attribution (mean IE)", ylabel="exact patching IE (mean)")
+        set_symlog(left, "x", rows["attribution_mean"])
+        set_symlog(left, "y", rows["exact_ie"])
     else:
         left.text(0.5, 0.5, "no layer patched exactly\n(localization.exact_neuron_layers)", ha="center",
                   va="center", transform=left.transAxes)
         left.set_axis_off()
     for layer, rows in table.groupby("layer"):
-        right.plot(np.sort(rows["importance"].to_numpy())[::-1], label=f"layer {layer}")
+        right.plot(np.sort(rows["importance"].to_numpy())[::-1], label=component_name(layer))
     right.set(title="neuron importance (mean + std), sorted", xlabel="rank", ylabel="importance", xscale="symlog")
-    right.legend(fontsize="small")
+    right.legend(title="neurons of", fontsize="small")
     fig.suptitle(title)
     return fig
 
@@ -192,8 +250,6 @@ def paper_faithfulness(table: pd.DataFrame, title: str, value: str = "faithfulne
 def attention_panels(grid: pd.DataFrame, ov: pd.DataFrame, title: str):
     """Per head: attention from the last position to op1, operator and op2 over the operand grid, and the OV
     transition matrix between number tokens."""
-    import numpy as np
-
     heads = grid[["layer", "head"]].drop_duplicates().values.tolist()
     fig, axes = plt.subplots(max(1, len(heads)), 4, figsize=(14, 3.3 * max(1, len(heads))), squeeze=False,
                              layout="constrained")
@@ -202,13 +258,13 @@ def attention_panels(grid: pd.DataFrame, ov: pd.DataFrame, title: str):
         for ax, target in zip(row[:3], ("op1", "operator", "op2")):
             part = rows[rows["target"] == target].pivot(index="op1", columns="op2", values="attention")
             image = ax.imshow(part.to_numpy(), vmin=0, vmax=1, origin="lower", cmap="viridis")
-            ax.set(title=f"L{layer}H{head} → {target}", xlabel="op2", ylabel="op1")
+            ax.set(title=f"{component_name(layer, head)} → {target}", xlabel="op2", ylabel="op1")
         fig.colorbar(image, ax=row[2], fraction=0.046, label="attention")
         matrix = ov[(ov["layer"] == layer) & (ov["head"] == head)].pivot(index="input_number", columns="output_number",
                                                                          values="value")
         limit = float(np.abs(matrix.to_numpy()).max()) or 1.0
         image = row[3].imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower")
-        row[3].set(title=f"L{layer}H{head} OV circuit", xlabel="output number", ylabel="input number")
+        row[3].set(title=f"{component_name(layer, head)} OV circuit", xlabel="output number", ylabel="input number")
         fig.colorbar(image, ax=row[3], fraction=0.046, label="logit contribution")
     if not heads:
         axes[0][0].text(0.5, 0.5, "no heads chosen (localization.attention_heads = 0)", ha="center")
@@ -222,7 +278,7 @@ def checkpoint_ie(table: pd.DataFrame, title: str, n_components: int = 5, value:
     ops = [op for op in OP_LABELS if op in set(table["operator"])]
     fig, axes = plt.subplots(1, len(ops), figsize=(4.2 * len(ops), 3.6), squeeze=False, layout="constrained")
     last = table[table["position"] == "last"].copy()
-    last["name"] = [f"L{layer}{'MLP' if c == 'mlp' else f'H{h}'}" for layer, c, h in
+    last["name"] = [component_name(layer, None if c == "mlp" else h) for layer, c, h in
                     zip(last["layer"], last["component"], last["head"])]
     for ax, op in zip(axes[0], ops):
         rows = last[last["operator"] == op]
@@ -231,7 +287,7 @@ def checkpoint_ie(table: pd.DataFrame, title: str, n_components: int = 5, value:
             series = rows[rows["name"] == name].groupby("step")[value].mean()
             ax.plot(series.index.to_numpy().clip(min=0.5), series.to_numpy(), marker="o", ms=2, label=name)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-2)
+        set_symlog(ax, "y", rows[value], linthresh=1e-2)
         ax.set_ylim(bottom=min(-1e-2, float(rows[value].min())))
         ax.set(title=OP_LABELS[op], xlabel="training step", ylabel=value.replace("_", " "))
         ax.legend(fontsize="x-small")
@@ -244,7 +300,7 @@ def heuristic_summary(table: pd.DataFrame, knockout: pd.DataFrame, prompt_knocko
     accuracy on the heuristic's prompts against the random-neuron control (one point per heuristic, size ∝ neurons;
     below the diagonal = the heuristic's neurons matter more than random ones); right: prompt knockout, accuracy
     against the matching neurons ablated per layer, with the random control."""
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 3.8), layout="constrained")
     matched = table[table["matched"]]
     counts = matched.drop_duplicates(["layer", "neuron", "family"]).groupby("family").size().sort_values()
     n_neurons = len(table.drop_duplicates(["layer", "neuron"]))
@@ -274,8 +330,6 @@ def heuristic_summary(table: pd.DataFrame, knockout: pd.DataFrame, prompt_knocko
 def heuristic_maps(maps: pd.DataFrame, title: str):
     """Each kept neuron's last-position activation over the operand grid (op1 rows, op2 columns; blank = illegal
     pair), titled with its best heuristic and match score."""
-    import numpy as np
-
     neurons = maps.drop_duplicates(["layer", "neuron"])
     n = max(len(neurons), 1)
     cols = min(n, 3)
@@ -289,8 +343,8 @@ def heuristic_maps(maps: pd.DataFrame, title: str):
         grid[rows["op1"].to_numpy(), rows["op2"].to_numpy()] = rows["activation"].to_numpy()
         image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, fraction=0.046)
-        ax.set(title=f"L{row.layer} N{row.neuron}: {row.best_heuristic} ({row.best_score:.2f})", xlabel="op2",
-               ylabel="op1")
+        name = component_name(row.layer, neuron=row.neuron)
+        ax.set(title=f"{name}: {row.best_heuristic} ({row.best_score:.2f})", xlabel="op2", ylabel="op1")
         ax.title.set_fontsize("small")
     fig.suptitle(title)
     return fig
@@ -300,7 +354,7 @@ def checkpoint_heuristics(table: pd.DataFrame, title: str):
     """Per operator against training step: left, the share of the final model's (neuron, heuristic) matches already
     present; right, accuracy after the prompt knockout with the most neurons per layer (solid) and with as many
     random neurons (dashed), on the prompts each checkpoint answers correctly."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     j = table["neurons_per_layer"].max()
     for i, (op, rows) in enumerate(table[table["neurons_per_layer"] == j].sort_values("step").groupby("operator",
                                                                                                       sort=False)):

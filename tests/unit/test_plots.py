@@ -1,0 +1,165 @@
+"""Figures a reader can read: legends beside the bars, decade-only symlog ticks that never overprint, suptitles clear
+of the panel titles, and every component named by one scheme (a{l}.h{h}, m{l}, m{l}.n{n})."""
+
+from __future__ import annotations
+
+import re
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from circuitflow import plots
+from circuitflow.circuits.graph import Graph
+
+NAME = re.compile(r"^(a\d+\.h\d+|m\d+(\.n\d+)?)$")
+DECADE = re.compile(r"^(0|[-−]?10\^\{[-−]?\d+\})$")  # "0" or ±10^k as mathtext
+
+
+def extents(fig, texts):
+    """Window extents of the visible, non-empty ``texts`` of the drawn ``fig``."""
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+
+def overlapping(boxes) -> list:
+    return [(a, b) for a, b in combinations(boxes, 2) if a.overlaps(b)]
+
+
+def plain(label) -> str:
+    """A tick label's text without matplotlib's ``$\\mathdefault{...}$`` wrapper."""
+    return re.sub(r"^\$\\mathdefault\{(.*)\}\$$", r"\1", label.get_text())
+
+
+def shown_labels(axis) -> list:
+    """The tick labels ``axis`` shows (in its view) after a draw."""
+    low, high = sorted(axis.get_view_interval())
+    return [label for tick, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if low <= tick <= high and label.get_text()]
+
+
+def test_component_names_follow_one_scheme_and_match_the_graphs_nodes():
+    assert plots.component_name(0, 3) == "a0.h3"
+    assert plots.component_name(2) == "m2"
+    assert plots.component_name(1, neuron=20) == "m1.n20"
+    with pytest.raises(ValueError, match="head or a neuron"):
+        plots.component_name(1, 2, 3)
+    graph = Graph.empty(2, 3, 3, parallel=False)
+    names = [plots.component_name(layer, head) for layer in range(2) for head in [*range(3), None]]
+    assert ["input", *names] == graph.upstream_names()
+
+
+def test_the_accuracy_legend_covers_no_bar():
+    models = ["toy", "toy-addsub-lora", "pythia-1.4b"]
+    table = pd.DataFrame([dict(model=m, operator=op, accuracy=1.0) for m in models for op in plots.OP_LABELS])
+    fig = plots.accuracy_bars(table)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    bars = [bar.get_window_extent() for bar in ax.patches if bar.get_height() > 0]
+    assert len(bars) == 12 and not any(legend.overlaps(bar) for bar in bars)
+    plots.plt.close(fig)
+
+
+def neuron_table(seed: int = 0) -> pd.DataFrame:
+    """Neuron scores shaped like a real run's: attribution over a few decades around 0, exact IE up to 1e5."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in range(2):
+        attribution = rng.choice([-1, 1], 256, p=[0.3, 0.7]) * 10.0 ** rng.uniform(-5, -0.1, 256)
+        exact = np.sign(attribution) * 10.0 ** rng.uniform(-4, 5, 256) if layer == 1 else np.full(256, np.nan)
+        rows.append(pd.DataFrame(dict(layer=layer, neuron=range(256), attribution_mean=attribution,
+                                      importance=np.abs(attribution) * layer, exact_ie=exact)))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_neuron_score_ticks_are_decades_that_do_not_overprint():
+    fig = plots.neuron_panels(neuron_table(), "toy, +: MLP neurons")
+    fig.canvas.draw()
+    left = fig.axes[0]
+    for axis in (left.xaxis, left.yaxis):
+        labels = shown_labels(axis)
+        texts = [plain(label) for label in labels]
+        assert len(labels) >= 3 and "0" in texts, texts
+        assert all(DECADE.match(text) for text in texts), texts  # never "−2.38525×10⁻¹"
+        assert not any("×" in label.get_text() for label in axis.get_minorticklabels())
+        assert axis.get_offset_text().get_text() == ""
+        assert not overlapping(extents(fig, labels)), texts
+    assert left.get_title().startswith("m1 neurons:")
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["m0", "m1"]
+    plots.plt.close(fig)
+
+
+def ie_table() -> pd.DataFrame:
+    """An IE map whose medians span 1e-3 to 1e10 of both signs, as in the tiny run."""
+    rng = np.random.default_rng(1)
+    rows = [dict(seed=0, layer=layer, component=component, head=head, position=position,
+                 ie_median=float(rng.choice([-1, 1]) * 10.0 ** rng.uniform(-3, 10)))
+            for layer in range(2) for component, head in [*(("head", h) for h in range(4)), ("mlp", -1)]
+            for position in ("op1", "operator", "op2", "last")]
+    return pd.DataFrame(rows)
+
+
+def test_the_ie_colourbar_labels_do_not_overprint():
+    fig = plots.ie_heatmaps(ie_table(), "toy, +: IE")
+    fig.canvas.draw()
+    colourbar = fig.axes[-1]
+    labels = shown_labels(colourbar.yaxis)
+    texts = [plain(label) for label in labels]
+    assert len(labels) >= 5 and "0" in texts, texts
+    assert not overlapping(extents(fig, labels)), texts
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["h0", "h1", "h2", "h3", "m"]
+    plots.plt.close(fig)
+
+
+def test_spaced_ticks_keep_zero_and_the_extremes_and_drop_crowded_ones():
+    assert plots.spaced_ticks([-10, -1, 0, 1, 2, 10], lambda t: (t + 10) / 20, min_gap=0.2) == [-10, 0, 10]
+    assert plots.spaced_ticks([0, 1, 2], lambda t: t / 2, min_gap=0.1) == [0, 1, 2]
+
+
+def test_symlog_threshold_is_a_power_of_ten_below_the_bulk_of_the_values():
+    assert plots.symlog_threshold([0, 0.003, 0.02, 0.5, -0.2] * 4) == pytest.approx(1e-3)
+    assert plots.symlog_threshold([5.0] * 10) == pytest.approx(0.1)  # a decade beyond the largest
+    assert plots.symlog_threshold([0.0, np.nan]) == 1.0
+
+
+def test_component_titles_and_legends_use_the_scheme():
+    grid = pd.DataFrame([dict(layer=0, head=3, target=t, op1=a, op2=b, attention=0.5)
+                         for t in ("op1", "operator", "op2") for a in range(3) for b in range(3)])
+    ov = pd.DataFrame([dict(layer=0, head=3, input_number=a, output_number=b, value=a - b)
+                       for a in range(3) for b in range(3)])
+    fig = plots.attention_panels(grid, ov, "toy, +: top heads")
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "a0.h3 → op1", "a0.h3 → operator", "a0.h3 → op2", "a0.h3 OV circuit"]
+    plots.plt.close(fig)
+
+    maps = pd.DataFrame([dict(layer=1, neuron=20, best_heuristic="both_mod_0mod3", best_score=0.9, op1=a, op2=b,
+                              activation=float(a + b)) for a in range(3) for b in range(3)])
+    fig = plots.heuristic_maps(maps, "toy, +: maps")
+    assert fig.axes[0].get_title() == "m1.n20: both_mod_0mod3 (0.90)"
+    plots.plt.close(fig)
+
+    steps = pd.DataFrame([dict(operator="add", step=s, position="last", layer=layer, component=c, head=h,
+                               ie_median=float(s * (layer + h + 2)))
+                          for s in (0, 10, 100) for layer in range(2) for c, h in (("head", 0), ("head", 1),
+                                                                                   ("mlp", -1))])
+    fig = plots.checkpoint_ie(steps, "toy: IE across training", n_components=6)
+    names = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(names) == 6 and all(NAME.match(name) for name in names) and {"m0", "m1", "a1.h1"} <= set(names)
+    plots.plt.close(fig)
+
+
+def test_suptitles_clear_the_panel_titles():
+    table = pd.DataFrame([dict(layer=1, neuron=n, family=f, heuristic=f"{f}_{n}", matched=bool(n % 2))
+                          for n in range(6) for f in ("both_mod", "result_range")])
+    knockout = pd.DataFrame(dict(accuracy_random=[0.9], accuracy_associated=[0.2], accuracy_unassociated=[0.8],
+                                 n_neurons=[3]))
+    prompts = pd.DataFrame(dict(neurons_per_layer=[1, 2, 5], accuracy=[0.9, 0.6, 0.3], accuracy_random=[1, 1, 0.9]))
+    for fig in (plots.heuristic_summary(table, knockout, prompts, "toy, +: heuristic neurons"),
+                plots.neuron_panels(neuron_table(), "toy, +: MLP neurons")):
+        fig.canvas.draw()
+        suptitle = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+        titles = extents(fig, [ax.title for ax in fig.axes])
+        assert titles and not any(suptitle.overlaps(title) for title in titles)
+        plots.plt.close(fig)
