@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from circuitflow.io import atomic_path  # noqa: E402
 
@@ -223,6 +223,7 @@ def probe_curves(table: pd.DataFrame, title: str):
         ax.plot(rows["layer"], rows["accuracy"], marker="o", ms=3, label=position)
     ax.set(title=title, xlabel="residual stream entering layer (last = final norm)", ylabel="probe test accuracy",
            ylim=(-0.02, 1.02))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, not 0.25 of one
     ax.legend(title="position")
     return fig
 

@@ -163,3 +163,12 @@ def test_suptitles_clear_the_panel_titles():
         titles = extents(fig, [ax.title for ax in fig.axes])
         assert titles and not any(suptitle.overlaps(title) for title in titles)
         plots.plt.close(fig)
+
+
+def test_probe_layers_are_whole_numbers():
+    table = pd.DataFrame([dict(layer=layer, position=position, accuracy=0.5) for layer in range(3)
+                          for position in ("op1", "last")])
+    fig = plots.probe_curves(table, "toy, +: linear probes")
+    fig.canvas.draw()
+    assert [plain(label) for label in shown_labels(fig.axes[0].xaxis)] == ["0", "1", "2"]
+    plots.plt.close(fig)
