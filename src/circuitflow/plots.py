@@ -44,8 +44,10 @@ LABEL_INCHES = {"x": 0.55, "y": 0.28}
 def set_symlog(ax, axis: str, values, linthresh: float | None = None) -> None:
     """Symmetric-log ``axis`` ("x" or "y") of ``ax`` for ``values`` (linear below ``linthresh``, by default
     :func:`symlog_threshold`), labelled at whole decades only (minor ticks' labels would read "−2.38525×10⁻¹"),
-    spaced so that no two labels overprint."""
+    spaced so that no two labels overprint. Call it once the figure holds everything else (legends, suptitle): it
+    measures the axis after the layout."""
     getattr(ax, f"set_{axis}scale")("symlog", linthresh=linthresh or symlog_threshold(values))
+    ax.autoscale_view(scalex=axis == "x", scaley=axis == "y")  # a drawn figure keeps its linear limits otherwise
     scale = getattr(ax, f"{axis}axis")
     scale.set_minor_formatter(NullFormatter())
     finite = np.asarray(values, dtype=float)
@@ -56,6 +58,7 @@ def set_symlog(ax, axis: str, values, linthresh: float | None = None) -> None:
     exponents = np.arange(np.log10(scale.get_transform().linthresh), np.log10(max(-low, high)) + 1e-9)
     decades = [t for e in exponents for t in (10.0 ** e, -(10.0 ** e)) if low <= t <= high] + [0.0]
     forward = scale.get_transform().transform
+    ax.figure.draw_without_rendering()  # lay the figure out, so the axis has its final length
     box = ax.get_position()
     length = box.width * ax.figure.get_figwidth() if axis == "x" else box.height * ax.figure.get_figheight()
 
@@ -202,8 +205,6 @@ def neuron_panels(table: pd.DataFrame, title: str):
         left.scatter(rows["attribution_mean"], rows["exact_ie"], s=6, alpha=0.6)
         left.set(title=f"{component_name(layer)} neurons: exact vs attribution (Spearman {rho:.3f})",
                  xlabel="attribution (mean IE)", ylabel="exact patching IE (mean)")
-        set_symlog(left, "x", rows["attribution_mean"])
-        set_symlog(left, "y", rows["exact_ie"])
     else:
         left.text(0.5, 0.5, "no layer patched exactly\n(localization.exact_neuron_layers)", ha="center",
                   va="center", transform=left.transAxes)
@@ -211,8 +212,13 @@ def neuron_panels(table: pd.DataFrame, title: str):
     for layer, rows in table.groupby("layer"):
         right.plot(np.sort(rows["importance"].to_numpy())[::-1], label=component_name(layer))
     right.set(title="neuron importance (mean + std), sorted", xlabel="rank", ylabel="importance", xscale="symlog")
-    right.legend(title="neurons of", fontsize="small")
+    # beside the curves, in columns of at most 12 (a 24-layer model's legend would cover them)
+    right.legend(title="neurons of", fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                 ncols=-(-table["layer"].nunique() // 12))
     fig.suptitle(title)
+    if len(exact):
+        set_symlog(left, "x", rows["attribution_mean"])
+        set_symlog(left, "y", rows["exact_ie"])
     return fig
 
 
@@ -281,18 +287,22 @@ def checkpoint_ie(table: pd.DataFrame, title: str, n_components: int = 5, value:
     last = table[table["position"] == "last"].copy()
     last["name"] = [component_name(layer, None if c == "mlp" else h) for layer, c, h in
                     zip(last["layer"], last["component"], last["head"])]
+    shown = {}
     for ax, op in zip(axes[0], ops):
         rows = last[last["operator"] == op]
         final = rows[rows["step"] == rows["step"].max()].sort_values(value, ascending=False)
+        shown[ax] = [-1e-2]
         for name in final["name"].head(n_components):
             series = rows[rows["name"] == name].groupby("step")[value].mean()
             ax.plot(series.index.to_numpy().clip(min=0.5), series.to_numpy(), marker="o", ms=2, label=name)
+            shown[ax] += series.tolist()
         ax.set_xscale("log")
-        set_symlog(ax, "y", rows[value], linthresh=1e-2)
-        ax.set_ylim(bottom=min(-1e-2, float(rows[value].min())))
+        ax.set_ylim(bottom=min(shown[ax]))
         ax.set(title=OP_LABELS[op], xlabel="training step", ylabel=value.replace("_", " "))
         ax.legend(fontsize="x-small")
     fig.suptitle(title)
+    for ax, values in shown.items():
+        set_symlog(ax, "y", values, linthresh=1e-2)
     return fig
 
 

@@ -63,22 +63,29 @@ def test_the_accuracy_legend_covers_no_bar():
 
 
 def neuron_table(seed: int = 0) -> pd.DataFrame:
-    """Neuron scores shaped like a real run's: attribution over a few decades around 0, exact IE up to 1e5."""
+    """Neuron scores shaped like a real run's: attribution over a few decades around 0, exact IE up to 1e5 but
+    never below −0.1."""
     rng = np.random.default_rng(seed)
     rows = []
     for layer in range(2):
         attribution = rng.choice([-1, 1], 256, p=[0.3, 0.7]) * 10.0 ** rng.uniform(-5, -0.1, 256)
-        exact = np.sign(attribution) * 10.0 ** rng.uniform(-4, 5, 256) if layer == 1 else np.full(256, np.nan)
+        exact = np.where(attribution > 0, 10.0 ** rng.uniform(-4, 5, 256), -(10.0 ** rng.uniform(-4, -1, 256)))
+        exact = exact if layer == 1 else np.full(256, np.nan)
         rows.append(pd.DataFrame(dict(layer=layer, neuron=range(256), attribution_mean=attribution,
                                       importance=np.abs(attribution) * layer, exact_ie=exact)))
     return pd.concat(rows, ignore_index=True)
 
 
 def test_neuron_score_ticks_are_decades_that_do_not_overprint():
-    fig = plots.neuron_panels(neuron_table(), "toy, +: MLP neurons")
+    table = neuron_table()
+    fig = plots.neuron_panels(table, "toy, +: MLP neurons")
     fig.canvas.draw()
     left = fig.axes[0]
-    for axis in (left.xaxis, left.yaxis):
+    exact = table[table["layer"] == 1]
+    for axis, data in ((left.xaxis, exact["attribution_mean"]), (left.yaxis, exact["exact_ie"])):
+        forward = axis.get_transform().transform
+        (low, high), span = axis.get_view_interval(), forward(data.max()) - forward(data.min())
+        assert forward(data.min()) - forward(low) < 0.1 * span and forward(high) - forward(data.max()) < 0.1 * span
         labels = shown_labels(axis)
         texts = [plain(label) for label in labels]
         assert len(labels) >= 3 and "0" in texts, texts
@@ -171,4 +178,16 @@ def test_probe_layers_are_whole_numbers():
     fig = plots.probe_curves(table, "toy, +: linear probes")
     fig.canvas.draw()
     assert [plain(label) for label in shown_labels(fig.axes[0].xaxis)] == ["0", "1", "2"]
+    plots.plt.close(fig)
+
+
+def test_a_24_layer_legend_stands_beside_the_importance_curves():
+    table = pd.DataFrame([dict(layer=layer, neuron=n, attribution_mean=0.1, importance=float(layer + 16 - n),
+                               exact_ie=np.nan) for layer in range(24) for n in range(16)])
+    fig = plots.neuron_panels(table, "pythia-1.4b, +: MLP neurons")
+    fig.canvas.draw()
+    right = fig.axes[1]
+    renderer = fig.canvas.get_renderer()
+    assert len(right.get_legend().get_texts()) == 24
+    assert not right.get_legend().get_window_extent(renderer).overlaps(right.get_window_extent(renderer))
     plots.plt.close(fig)
