@@ -239,3 +239,13 @@ def test_a_revision_with_only_pickled_weights_is_refused(hub, offline):
     huggingface_hub._tree_cache._IN_MEMORY_TREE_CACHE.clear()
     with pytest.raises(DownloadError, match=rf"^{REPO}@step3: has no \*\.safetensors weights; "):
         download_snapshot(REPO, "step3", wait=60)
+
+
+def test_offline_an_interrupted_download_is_named_as_such(hub, offline):
+    commits = cache_repo(hub, REPO, {"main": MODEL})
+    snapshot = hub / f"models--{REPO.replace('/', '--')}/snapshots" / commits["main"]
+    (snapshot / "tokenizer.json").unlink()
+    with pytest.raises(DownloadError) as err:
+        download_snapshot(REPO, "main", wait=60)
+    assert str(err.value) == (f"{REPO}@main: the cached snapshot {snapshot} lacks files (an interrupted download); "
+                              "rerun once online (unset HF_HUB_OFFLINE) to complete it")

@@ -13,7 +13,8 @@ with log_to(snakemake.log[0]) as log:
     for revision in (*spec.checkpoints, spec.revision):
         log.info("downloading %s@%s", spec.repo_id, revision)
         path = download_snapshot(spec.repo_id, revision)
-        provenance = {"repo_id": spec.repo_id, "commit": Path(path).name}
+        provenance = {"repo_id": spec.repo_id, "commit": Path(path).name}  # the cache's snapshot folder: the commit
+        log.info("%s@%s is commit %s", spec.repo_id, revision, provenance["commit"])
         handles.append(ModelHandle(spec.name, path, revision, "hub", provenance))
     write_handles(handles[:-1], snakemake.output.index)
     write_handle(handles[-1], snakemake.output.handle)

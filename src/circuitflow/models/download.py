@@ -60,8 +60,8 @@ def _first_line(err: BaseException) -> str:
 def _lasting(err: BaseException, repo_id: str, revision: str, cache_dir: str | None) -> DownloadError | None:
     """The one-line error for a failure that a retry would only repeat; None for a transient one."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, \
-        RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, IncompleteSnapshotError, \
+        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     if isinstance(err, GatedRepoError):
         return DownloadError(f"{repo_id}: a gated model: accept its licence at {constants.ENDPOINT}/{repo_id}, then "
@@ -72,6 +72,9 @@ def _lasting(err: BaseException, repo_id: str, revision: str, cache_dir: str | N
     if isinstance(err, RevisionNotFoundError):
         return DownloadError(f"{repo_id}@{revision}: no such revision on the hub; use a branch, tag or commit of "
                              f"{repo_id} (see {constants.ENDPOINT}/{repo_id}/tree/main)")
+    if isinstance(err, IncompleteSnapshotError) and hub_offline():
+        return DownloadError(f"{repo_id}@{revision}: the cached snapshot {err.snapshot_path} lacks files (an "
+                             "interrupted download); rerun once online (unset HF_HUB_OFFLINE) to complete it")
     if isinstance(err, LocalEntryNotFoundError):
         return DownloadError(offline_fix(repo_id, revision, cache_dir)) if hub_offline() else None
     status = getattr(getattr(err, "response", None), "status_code", None)
