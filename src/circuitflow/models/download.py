@@ -115,8 +115,8 @@ def download_snapshot(repo_id: str, revision: str = "main", cache_dir: str | Non
     """Download (or reuse from the cache) ``repo_id`` at ``revision``; return the local snapshot directory.
 
     Only the files a causal LM needs are fetched (config, weights in safetensors, tokenizer); a revision without
-    safetensors weights is refused (:func:`check_weights`). Interrupted downloads resume on the next call; transient failures are retried up to ``attempts`` times, waiting ``wait`` seconds,
-    then twice as long each time.
+    safetensors weights is refused (:func:`check_weights`). Interrupted downloads resume on the next call;
+    transient failures are retried up to ``attempts`` times, waiting ``wait`` seconds, then twice as long each time.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
