@@ -13,18 +13,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from circuitflow.io import atomic_path  # noqa: E402
+from circuitflow.names import component_name  # noqa: E402
 
 OP_LABELS = {"add": "+", "sub": "−", "mul": "×", "div": "÷"}
-
-
-def component_name(layer: int, head: int | None = None, neuron: int | None = None) -> str:
-    """A component's name, one scheme everywhere (EAP-IG's node names): ``a{layer}.h{head}`` for an attention head,
-    ``m{layer}`` for an MLP, ``m{layer}.n{neuron}`` for one MLP neuron."""
-    if head is not None and neuron is not None:
-        raise ValueError(f"a component is a head or a neuron, not both (layer {layer}, head {head}, neuron {neuron})")
-    if head is not None:
-        return f"a{layer}.h{head}"
-    return f"m{layer}" if neuron is None else f"m{layer}.n{neuron}"
 
 
 def symlog_threshold(values) -> float:

@@ -51,7 +51,8 @@ def test_a_layer_without_signal_is_kept_whole_and_the_table_says_so(tracer):
     mean_tokens = [random_pairs(8, seed=5).clean, random_pairs(8, seed=6).clean]
     table = paper_faithfulness(tracer, batches, mean_tokens, ie_maps, neurons, probes=pd.DataFrame(), n_heads=2,
                                first_layer=0, probe_threshold=0.8, ks=[k], random_seeds=[0])
-    assert set(table["layer_selection"]) == {"L0 all (no signal); L1 top-k"}
+    assert set(table["layer_selection"]) == {"m0 all (no signal); m1 top-k"}
+    assert set(table["heads"]) == {"a0.h1, a1.h2"}  # the two planted heads, by IE
 
     top_layer1 = sorted(range(a.d_mlp), key=lambda n: -float(signal[n]))[:k]  # naive top-k
     heads = torch.zeros(a.n_layers, a.n_heads, dtype=torch.bool)

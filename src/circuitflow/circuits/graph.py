@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from circuitflow.io import atomic_path
+from circuitflow.names import component_name
 
 Selection = Literal["topn", "threshold", "greedy"]
 
@@ -110,7 +111,7 @@ class Graph:
     def upstream_names(self) -> list[str]:
         names = ["input"]
         for layer in range(self.n_layers):
-            names += [f"a{layer}.h{h}" for h in range(self.n_heads)] + [f"m{layer}"]
+            names += [component_name(layer, h) for h in range(self.n_heads)] + [component_name(layer)]
         return names
 
     def downstream_names(self) -> list[str]:

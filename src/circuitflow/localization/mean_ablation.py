@@ -27,6 +27,7 @@ from circuitflow.localization.ie_maps import top_heads
 from circuitflow.localization.patching import site_activations
 from circuitflow.localization.probing import heuristics_layer
 from circuitflow.metrics import accuracy, nl
+from circuitflow.names import component_name
 
 
 @torch.no_grad()
@@ -184,7 +185,7 @@ def paper_faithfulness(tracer: Tracer, batches: Sequence[PairBatch], mean_tokens
     circuits = paper_circuits(a.n_heads, heads, importance.argsort(dim=1, descending=True), whole, ks=ks,
                               random_seeds=random_seeds)
     table = faithfulness_table(tracer, batches, z_mean, post_mean, circuits)
-    table["heads"] = ", ".join(f"L{layer}H{head}" for layer, head in heads)
+    table["heads"] = ", ".join(component_name(layer, head) for layer, head in heads)
     table["heuristics_layer"] = first
-    table["layer_selection"] = "; ".join(f"L{layer} {role}" for layer, role in enumerate(roles))
+    table["layer_selection"] = "; ".join(f"{component_name(layer)} {role}" for layer, role in enumerate(roles))
     return table
