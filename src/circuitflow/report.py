@@ -1,68 +1,48 @@
-"""The run's HTML report: every figure (embedded, so the file travels alone) with its caption, grouped by stage, the
-headline numbers as small tables, and the config that produced them."""
+"""The report's own items: the headline tables and the run's provenance as small HTML pages, which
+``snakemake --report`` shows next to the figures (the figures, captions, runtimes and rule code are Snakemake's)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import re
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from circuitflow import __version__
 from circuitflow.io import atomic_path
+from circuitflow.provenance import read_provenance
 
-# figure file name (relative to the figures folder, without .png) -> (section, caption file in workflow/report/)
-FIGURE_KINDS: tuple[tuple[str, str, str], ...] = (
-    (r"accuracy", "Models and accuracy", "accuracy"),
-    (r"[^/]+/training", "Models and accuracy", "training"),
-    (r"[^/]+/checkpoint_accuracy", "Models and accuracy", "checkpoint_accuracy"),
-    (r"[^/]+/faithfulness_\w+", "Circuits (EAP / EAP-IG)", "faithfulness"),
-    (r"[^/]+/circuits/\w+/[\w-]+", "Circuits (EAP / EAP-IG)", "circuit"),
-    (r"[^/]+/ie_map_\w+", "Localization (the paper's)", "ie_map"),
-    (r"[^/]+/neurons_\w+", "Localization (the paper's)", "neurons"),
-    (r"[^/]+/probes_\w+", "Localization (the paper's)", "probes"),
-    (r"[^/]+/attention_\w+", "Localization (the paper's)", "attention"),
-    (r"[^/]+/paper_faithfulness", "Localization (the paper's)", "paper_faithfulness"),
-    (r"[^/]+/checkpoint_ie", "Localization (the paper's)", "checkpoint_ie"),
-    (r"[^/]+/heuristics_\w+", "Heuristic neurons", "heuristics"),
-    (r"[^/]+/heuristic_maps_\w+", "Heuristic neurons", "heuristic_maps"),
-    (r"[^/]+/checkpoint_heuristics", "Heuristic neurons", "checkpoint_heuristics"),
-)
-SECTIONS = tuple(dict.fromkeys(section for _, section, _ in FIGURE_KINDS))
-
-
-def figure_kind(relative: str) -> tuple[str, str]:
-    """(section, caption name) of a figure path relative to the figures folder, e.g. ``toy/ie_map_add.png``."""
-    stem = relative.removesuffix(".png")
-    for pattern, section, caption in FIGURE_KINDS:
-        if re.fullmatch(pattern, stem):
-            return section, caption
-    raise ValueError(f"report: no section for figure {relative!r}; add it to circuitflow.report.FIGURE_KINDS")
+# output name of the report rule -> the table's title (the headline tables, in the report's order)
+TABLE_TITLES = {
+    "accuracy": "Accuracy on all legal prompts",
+    "areas": "Circuit CPR (area under faithfulness; higher is better)",
+    "paper_circuits": "The paper's circuits: median faithfulness by neurons per layer",
+    "heuristics": "Heuristic neurons and prompt knockout",
+}
+STYLE = ("body{font-family:sans-serif;margin:1em;color:#111;background:#fff}table{border-collapse:collapse;"
+         "font-size:90%;margin-bottom:1.5em}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}"
+         "tr:nth-child(even){background:#f3f3f3}pre{background:#f6f6f6;padding:.5em;font-size:85%}")
 
 
 def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits: Sequence[str],
-                   heuristics: Sequence[str], prompt_knockouts: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Headline numbers from the workflow's tables (paths as the workflow writes them; any list may be empty)."""
-    out = {}
+                   heuristics: Sequence[str], prompt_knockouts: Sequence[str]) -> dict[str, pd.DataFrame | None]:
+    """Headline numbers from the workflow's tables (paths as the workflow writes them), keyed like
+    :data:`TABLE_TITLES`; None where the stage ran for no model."""
+    out: dict[str, pd.DataFrame | None] = dict.fromkeys(TABLE_TITLES)
     if accuracy:
         table = pd.concat([pd.read_parquet(p) for p in accuracy])
-        out["Accuracy on all legal prompts"] = table.pivot(index="model", columns="operator", values="accuracy")
+        out["accuracy"] = table.pivot(index="model", columns="operator", values="accuracy")
     if areas:
         frames = []
         for path in areas:  # results/{model}/circuits/{op}/areas.parquet
             frame = pd.read_parquet(path)
             frames.append(frame.assign(model=Path(path).parts[-4], operator=Path(path).parts[-2]))
-        table = pd.concat(frames)
-        out["Circuit CPR (area under faithfulness; higher is better)"] = table.pivot_table(
-            index=["model", "operator"], columns="method", values="cpr")
+        out["areas"] = pd.concat(frames).pivot_table(index=["model", "operator"], columns="method", values="cpr")
     if paper_circuits:
         table = pd.concat([pd.read_parquet(p) for p in paper_circuits])
-        top = table[table["circuit"] == "top"]
-        out["The paper's circuits: median faithfulness by neurons per layer"] = top.pivot_table(
+        out["paper_circuits"] = table[table["circuit"] == "top"].pivot_table(
             index=["model", "operator"], columns="k", values="faithfulness_median")
     if heuristics and prompt_knockouts:
         rows = []
@@ -74,47 +54,60 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
                              matched=len(table[table["matched"]].drop_duplicates(["layer", "neuron"])),
                              knockout_neurons_per_layer=int(last["neurons_per_layer"]),
                              accuracy_after_knockout=last["accuracy"], accuracy_random=last["accuracy_random"]))
-        out["Heuristic neurons and prompt knockout"] = pd.DataFrame(rows).set_index(["model", "operator"])
+        out["heuristics"] = pd.DataFrame(rows).set_index(["model", "operator"])
     return out
 
 
-def _image(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2>{body}</body></html>")
 
 
-def read_captions(folder: Path | str) -> dict[str, str]:
-    """``{caption name: text}`` of the ``*.rst`` caption files in ``folder`` (workflow/report). The report rule takes
-    them as params, so editing a caption reruns the report and moving the checkout does not."""
-    return {path.stem: path.read_text().strip() for path in sorted(Path(folder).glob("*.rst"))}
+def table_page(title: str, table: pd.DataFrame | None) -> str:
+    """A headline table as a small HTML page (floats to 3 decimals); a sentence when the stage ran for no model."""
+    if table is None:
+        return _page(title, "<p>No model ran this stage (see the config's <code>models:</code> list of the stage).</p>")
+    return _page(title, table.to_html(float_format=lambda v: f"{v:.3f}", border=0))
 
 
-def write_report(path: Path | str, figures: Sequence[str], figures_dir: Path | str, captions: dict[str, str],
-                 tables: dict[str, pd.DataFrame], config: dict) -> None:
-    """Write the self-contained HTML report to ``path`` (atomically); ``captions`` from :func:`read_captions`."""
-    figures_dir = Path(figures_dir)
-    by_section: dict[str, list[tuple[str, str]]] = {section: [] for section in SECTIONS}
-    for figure in sorted(figures):
-        relative = Path(figure).relative_to(figures_dir).as_posix()
-        section, caption = figure_kind(relative)
-        by_section[section].append((figure, captions[caption]))
-    parts = [f"<h1>circuitflow report</h1><p>circuitflow {__version__}; every number and figure below was produced "
-             "by this run of the workflow (tables under <code>results/</code>, see README &ldquo;Outputs&rdquo;).</p>",
-             "<h2>Headline numbers</h2>"]
-    for title, table in tables.items():
-        parts.append(f"<h3>{html.escape(title)}</h3>" + table.to_html(float_format=lambda v: f"{v:.3f}", border=0))
-    for section, entries in by_section.items():
-        if not entries:
-            continue
-        parts.append(f"<h2>{html.escape(section)}</h2>")
-        for figure, caption in entries:
-            name = Path(figure).relative_to(figures_dir).as_posix()
-            parts.append(f'<figure><img src="{_image(Path(figure))}" alt="{html.escape(name)}">'
-                         f"<figcaption><b>{html.escape(name)}</b>: {html.escape(caption)}</figcaption></figure>")
-    parts.append("<h2>Config</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}img{max-width:100%}"
-             "figure{margin:1.5em 0}table{border-collapse:collapse;font-size:90%}td,th{padding:2px 8px;"
-             "text-align:right}tr:nth-child(even){background:#f3f3f3}")
-    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>circuitflow report</title>"
-                f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+def provenance_frame(tables: Sequence[str]) -> pd.DataFrame:
+    """One row per table (e.g. each model's accuracy table): the model, revision, git commit, whether the checkout
+    had changes, the code and config hashes and the package versions of the job that wrote it."""
+    rows = []
+    for path in tables:
+        record = read_provenance(path)
+        if record is None:
+            raise ValueError(f"report: {path} has no provenance metadata; rerun the job that writes it")
+        git = record.get("git") or {}
+        rows.append(dict(model=record["model"], revision=record["revision"], commit=git.get("commit"),
+                         dirty=git.get("dirty"), code=record["code"], config_hash=record["config_hash"],
+                         **record["packages"]))
+    return pd.DataFrame(rows).set_index("model")
+
+
+def device_description(setting: str) -> str:
+    """The device ``setting`` and what it resolves to on this machine, with the GPU's name when it is one."""
+    import torch
+
+    from circuitflow.models.load import resolve_device
+
+    device = resolve_device(setting)
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.processor()
+    return f"{setting} → {device} ({name or platform.machine()})"
+
+
+def provenance_page(tables: Sequence[str], config: dict, device: str) -> str:
+    """The provenance item: :func:`provenance_frame` of ``tables``, the ``device`` (:func:`device_description`) and
+    the config (without the performance settings). Runtimes and rule code are in Snakemake's own report."""
+    frame = provenance_frame(tables).T
+    body = (f"<p>Device (setting → on the machine that wrote this page): <code>{html.escape(device)}</code>. "
+            "Per-job runtimes: <i>Statistics</i>; each rule's code, inputs and software: <i>Workflow</i>, click a "
+            "rule.</p><h3>The jobs that evaluated each model</h3>" + frame.to_html(border=0, na_rep="—")
+            + "<h3>Config</h3><pre>" + html.escape(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
+    return _page("Provenance", body)
+
+
+def write_page(path: Path | str, document: str) -> None:
+    """Write an HTML page atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(document)

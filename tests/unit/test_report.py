@@ -1,48 +1,101 @@
-"""The HTML report embeds every figure under its stage with its caption, and fails loudly on an unknown figure."""
+"""The report's own items: headline tables and provenance pages; captions name the figure's model and operator and
+link only to items the report has."""
 
 from __future__ import annotations
 
-import base64
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import jinja2
 import pandas as pd
 import pytest
 
-from circuitflow.report import FIGURE_KINDS, figure_kind, read_captions, write_report
+from circuitflow.io import write_parquet
+from circuitflow.provenance import provenance_record
+from circuitflow.report import device_description, provenance_frame, provenance_page, summary_tables, table_page
 
 ROOT = Path(__file__).resolve().parents[2]
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
-                       "RU5ErkJggg==")
+CAPTIONS = ROOT / "workflow" / "report"
 
 
-@pytest.mark.parametrize(("name", "section"), [
-    ("accuracy.png", "Models and accuracy"), ("toy/training.png", "Models and accuracy"),
-    ("toy/faithfulness_add.png", "Circuits (EAP / EAP-IG)"), ("toy/circuits/add/EAP-IG-inputs.png",
-                                                             "Circuits (EAP / EAP-IG)"),
-    ("toy/ie_map_div.png", "Localization (the paper's)"), ("toy/heuristic_maps_mul.png", "Heuristic neurons"),
-    ("toy/checkpoint_heuristics.png", "Heuristic neurons"),
-])
-def test_figures_map_to_their_stage(name, section):
-    assert figure_kind(name)[0] == section
+def _accuracy(folder: Path, model: str, values: dict[str, float], provenance: dict | None = None) -> str:
+    path = folder / model / "accuracy.parquet"
+    path.parent.mkdir(parents=True)
+    frame = pd.DataFrame({"model": model, "operator": list(values), "accuracy": list(values.values())})
+    write_parquet(frame, path, provenance=provenance)
+    return str(path)
 
 
-def test_every_caption_exists_and_unknown_figures_are_refused():
-    for _, _, caption in FIGURE_KINDS:
-        assert (ROOT / "workflow" / "report" / f"{caption}.rst").exists()
-    with pytest.raises(ValueError, match="no section for figure 'toy/new_plot.png'"):
-        figure_kind("toy/new_plot.png")
+def test_accuracy_table_pivots_models_by_operator_and_empty_stages_are_none(tmp_path):
+    paths = [_accuracy(tmp_path, "toy", {"add": 0.99, "sub": 0.5}), _accuracy(tmp_path, "big", {"add": 0.25,
+                                                                                                "sub": 1.0})]
+    tables = summary_tables(paths, [], [], [], [])
+    assert tables["accuracy"].loc["toy", "sub"] == 0.5 and tables["accuracy"].loc["big", "add"] == 0.25
+    assert tables["areas"] is None and tables["paper_circuits"] is None and tables["heuristics"] is None
+    page = table_page("Accuracy", tables["accuracy"])
+    assert "<table" in page and "0.990" in page and "0.250" in page
+    assert "No model ran this stage" in table_page("CPR", None) and "<table" not in table_page("CPR", None)
 
 
-def test_report_embeds_figures_tables_and_config(tmp_path):
-    figures = tmp_path / "figures"
-    (figures / "toy").mkdir(parents=True)
-    for name in ("accuracy.png", "toy/probes_add.png"):
-        (figures / name).write_bytes(PNG)
-    out = tmp_path / "report.html"
-    table = pd.DataFrame({"add": [0.99]}, index=pd.Index(["toy"], name="model"))
-    write_report(out, [str(figures / "toy/probes_add.png"), str(figures / "accuracy.png")], figures,
-                 read_captions(ROOT / "workflow" / "report"), {"Accuracy": table}, {"seed": 0})
-    text = out.read_text()
-    assert text.count("data:image/png;base64,") == 2 and "toy/probes_add.png" in text
-    assert "linear probe" in text.lower() and "0.990" in text and "seed: 0" in text
-    assert text.index("Models and accuracy") < text.index("Localization")
+def test_provenance_page_shows_commit_versions_device_and_config(tmp_path):
+    record = provenance_record(model="toy", revision="step300", config={"k": 5}, code="abc123")
+    record["git"] = {"commit": "0123456789abcdef", "dirty": False}
+    path = _accuracy(tmp_path, "toy", {"add": 1.0}, provenance=record)
+    frame = provenance_frame([path])
+    assert frame.loc["toy", "commit"] == "0123456789abcdef" and frame.loc["toy", "revision"] == "step300"
+    assert frame.loc["toy", "code"] == "abc123" and frame.loc["toy", "pandas"] == pd.__version__
+    device = device_description("cpu")
+    assert device.startswith("cpu → cpu (")
+    page = provenance_page([path], {"seed": 7}, device)
+    assert "0123456789abcdef" in page and pd.__version__ in page and "<code>cpu → cpu (" in page
+    assert "seed: 7" in page
+
+
+def test_a_table_without_provenance_is_named(tmp_path):
+    path = tmp_path / "toy" / "accuracy.parquet"
+    path.parent.mkdir()
+    pd.DataFrame({"model": ["toy"]}).to_parquet(path)
+    with pytest.raises(ValueError, match=f"report: {re.escape(str(path))} has no provenance metadata"):
+        provenance_frame([str(path)])
+
+
+def _report_markup() -> list[tuple[str, str]]:
+    """(caption file name, the report(...) call's text) of every figure or table marked for the report."""
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    calls = []
+    for start in (m.end() for m in re.finditer(r"\breport\((?!\.\.\.\))", text)):
+        depth, end = 1, start
+        while depth:  # to the matching parenthesis (captions and categories hold parentheses of their own)
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        call = text[start:end - 1]
+        calls.append((re.search(r'caption="\.\./report/(\w+\.rst)"', call).group(1), call))
+    return calls
+
+
+def test_every_report_item_has_a_caption_a_category_and_labels():
+    markup = _report_markup()
+    assert len(markup) >= 19
+    for caption, call in markup:
+        assert (CAPTIONS / caption).exists(), caption
+        assert re.search(r'category="\d \w', call) and "labels=" in call, call
+    used = {caption for caption, _ in markup} | {"workflow.rst"}
+    assert used == {p.name for p in CAPTIONS.glob("*.rst")}  # no caption file is left over
+
+
+def test_captions_name_model_and_operator_and_link_only_to_report_items():
+    render = jinja2.Environment().from_string
+    calls = "".join(call for _, call in _report_markup())
+    targets = set(re.findall(r'/([\w-]+\.(?:html|png))"', calls)) | set(re.findall(r'category="([^"]+)"', calls))
+    wildcards = SimpleNamespace(model="toy-model", op="mul-op")
+    for path in CAPTIONS.glob("*.rst"):
+        text = render(path.read_text()).render(snakemake=SimpleNamespace(wildcards=wildcards, config={
+            "models": {"toy": {}}, "operators": ["add"], "device": "cpu"}))
+        source = path.read_text()
+        if "wildcards.model" in source:
+            assert text.startswith("**toy-model**"), path.name
+        if "wildcards.op" in source:
+            assert "**mul-op**" in text, path.name
+        for target in re.findall(r"`([^`]+)`_", text):
+            assert target in targets, (path.name, target)

@@ -55,7 +55,8 @@ rule plot_faithfulness:
         curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
     output:
         png=report(f"{RES}/figures/{{model}}/faithfulness_{{op}}.png", caption="../report/faithfulness.rst",
-                   category="Circuits"),
+                   category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
+                   labels={"figure": "faithfulness", "operator": "{op}", "method": "all"}),
         pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
     params:
         code=script_code("plot_faithfulness"),
@@ -71,7 +72,8 @@ rule draw_circuits:
     input:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
     output:
-        pngs=[report(p, caption="../report/circuit.rst", category="Circuits") for p in
+        pngs=[report(p, caption="../report/circuit.rst", category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
+                     labels={"figure": "circuit graph", "operator": "{op}", "method": Path(p).stem}) for p in
               expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)],
     params:
         n_edges=CFG["circuits"]["draw_edges"],

@@ -5,7 +5,8 @@ rule plot_accuracy:
     input:
         tables=expand(f"{RES}/{{model}}/accuracy.parquet", model=names()),
     output:
-        png=report(f"{RES}/figures/accuracy.png", caption="../report/accuracy.rst", category="Accuracy"),
+        png=report(f"{RES}/figures/accuracy.png", caption="../report/accuracy.rst", category="2 Models and accuracy",
+                   subcategory="all models", labels={"figure": "accuracy per operator"}),
         pdf=f"{RES}/figures/accuracy.pdf",
     params:
         code=script_code("plot_accuracy"),
@@ -22,7 +23,8 @@ rule plot_checkpoint_accuracy:
         table=f"{RES}/{{model}}/checkpoint_accuracy.parquet",
     output:
         png=report(f"{RES}/figures/{{model}}/checkpoint_accuracy.png", caption="../report/checkpoint_accuracy.rst",
-                   category="Accuracy"),
+                   category="2 Models and accuracy", subcategory="{model}",
+                   labels={"figure": "accuracy across checkpoints"}),
         pdf=f"{RES}/figures/{{model}}/checkpoint_accuracy.pdf",
     params:
         code=script_code("plot_checkpoint_accuracy"),
@@ -38,7 +40,8 @@ rule plot_training:
     input:
         table=f"{RES}/models/{{model}}/training_log.parquet",
     output:
-        png=report(f"{RES}/figures/{{model}}/training.png", caption="../report/training.rst", category="Toy model"),
+        png=report(f"{RES}/figures/{{model}}/training.png", caption="../report/training.rst",
+                   category="2 Models and accuracy", subcategory="{model}", labels={"figure": "training curve"}),
         pdf=f"{RES}/figures/{{model}}/training.pdf",
     params:
         code=script_code("plot_training"),

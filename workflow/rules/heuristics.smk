@@ -37,9 +37,11 @@ rule plot_heuristics:
         maps=f"{RES}/{{model}}/heuristics/{{op}}_maps.parquet",
     output:
         summary=report(f"{RES}/figures/{{model}}/heuristics_{{op}}.png", caption="../report/heuristics.rst",
-                       category="Heuristics"),
+                       category="5 Heuristic neurons", subcategory="{model}",
+                       labels={"figure": "heuristic families and knockouts", "operator": "{op}"}),
         maps=report(f"{RES}/figures/{{model}}/heuristic_maps_{{op}}.png", caption="../report/heuristic_maps.rst",
-                    category="Heuristics"),
+                    category="5 Heuristic neurons", subcategory="{model}",
+                    labels={"figure": "neuron activation maps", "operator": "{op}"}),
     params:
         code=script_code("plot_heuristics"),
     log:
@@ -84,7 +86,8 @@ rule plot_checkpoint_heuristics:
         table=f"{RES}/{{model}}/checkpoint_heuristics.parquet",
     output:
         png=report(f"{RES}/figures/{{model}}/checkpoint_heuristics.png", caption="../report/checkpoint_heuristics.rst",
-                   category="Heuristics"),
+                   category="5 Heuristic neurons", subcategory="{model}",
+                   labels={"figure": "heuristics across checkpoints", "operator": "all"}),
         pdf=f"{RES}/figures/{{model}}/checkpoint_heuristics.pdf",
     params:
         code=script_code("plot_checkpoint_heuristics"),

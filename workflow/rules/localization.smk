@@ -125,13 +125,17 @@ rule plot_localization:
         ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
     output:
         ie_map=report(f"{RES}/figures/{{model}}/ie_map_{{op}}.png", caption="../report/ie_map.rst",
-                      category="Localization"),
+                      category="4 Localization", subcategory="{model}",
+                      labels={"figure": "IE map", "operator": "{op}"}),
         neurons=report(f"{RES}/figures/{{model}}/neurons_{{op}}.png", caption="../report/neurons.rst",
-                       category="Localization"),
+                       category="4 Localization", subcategory="{model}",
+                       labels={"figure": "neuron importance", "operator": "{op}"}),
         probes=report(f"{RES}/figures/{{model}}/probes_{{op}}.png", caption="../report/probes.rst",
-                      category="Localization"),
+                      category="4 Localization", subcategory="{model}",
+                      labels={"figure": "linear probes", "operator": "{op}"}),
         attention=report(f"{RES}/figures/{{model}}/attention_{{op}}.png", caption="../report/attention.rst",
-                         category="Localization"),
+                         category="4 Localization", subcategory="{model}",
+                         labels={"figure": "attention and OV circuit", "operator": "{op}"}),
     params:
         code=script_code("plot_localization"),
     log:
@@ -147,7 +151,8 @@ rule plot_paper_faithfulness:
         tables=expand(f"{RES}/{{{{model}}}}/paper_circuits/{{op}}.parquet", op=OPS),
     output:
         png=report(f"{RES}/figures/{{model}}/paper_faithfulness.png", caption="../report/paper_faithfulness.rst",
-                   category="Localization"),
+                   category="4 Localization", subcategory="{model}",
+                   labels={"figure": "paper circuits' faithfulness", "operator": "all"}),
         pdf=f"{RES}/figures/{{model}}/paper_faithfulness.pdf",
     params:
         code=script_code("plot_paper_faithfulness"),
@@ -190,7 +195,8 @@ rule plot_checkpoint_ie:
         table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
     output:
         png=report(f"{RES}/figures/{{model}}/checkpoint_ie.png", caption="../report/checkpoint_ie.rst",
-                   category="Localization"),
+                   category="4 Localization", subcategory="{model}",
+                   labels={"figure": "IE across checkpoints", "operator": "all"}),
         pdf=f"{RES}/figures/{{model}}/checkpoint_ie.pdf",
     params:
         code=script_code("plot_checkpoint_ie"),

@@ -1,10 +1,13 @@
-# The run's self-contained HTML report: every figure with its caption, headline tables and the config.
-from circuitflow.report import read_captions
+# The report is Snakemake's: `snakemake --report results/report.html` after a run. Figures carry report(...) markup
+# in their rules (category by stage, subcategory by model, labels, captions in workflow/report/); this rule adds the
+# headline tables and the run's provenance as report items, and the description page below opens the report.
+
+
+report: "../report/workflow.rst"
 
 
 rule report:
     input:
-        figures=[path for path in all_outputs() if path.endswith(".png")],
         accuracy=expand(f"{RES}/{{model}}/accuracy.parquet", model=names()),
         areas=[f"{RES}/{m}/circuits/{op}/areas.parquet" for m in stage_models("circuits") for op in OPS],
         paper_circuits=[f"{RES}/{m}/paper_circuits/{op}.parquet" for m in stage_models("localization") for op in OPS],
@@ -12,11 +15,19 @@ rule report:
         prompt_knockouts=[f"{RES}/{m}/heuristics/{op}_prompt_knockout.parquet" for m in stage_models("localization")
                           for op in OPS],
     output:
-        html=f"{RES}/report.html",
+        accuracy=report(f"{RES}/tables/accuracy.html", caption="../report/table_accuracy.rst",
+                        category="1 Headline tables", labels={"table": "accuracy per model and operator"}),
+        areas=report(f"{RES}/tables/circuit_cpr.html", caption="../report/table_circuit_cpr.rst",
+                     category="1 Headline tables", labels={"table": "circuit CPR per method"}),
+        paper_circuits=report(f"{RES}/tables/paper_circuits.html", caption="../report/table_paper_circuits.rst",
+                              category="1 Headline tables", labels={"table": "the paper's circuits: faithfulness"}),
+        heuristics=report(f"{RES}/tables/heuristic_neurons.html", caption="../report/table_heuristic_neurons.rst",
+                          category="1 Headline tables", labels={"table": "heuristic neurons and prompt knockout"}),
+        provenance=report(f"{RES}/tables/provenance.html", caption="../report/provenance.rst",
+                          category="6 Provenance", labels={"record": "commit, package versions, device, config"}),
     params:
         config=without_performance(CFG),
-        figures_dir=f"{RES}/figures",
-        captions=read_captions(Path(workflow.basedir) / "workflow/report"),  # texts, not a path: relocatable
+        device=CFG["device"],
         code=script_code("report"),
     log:
         f"{RES}/logs/report/all.log",

@@ -1,9 +1,13 @@
-"""The run's HTML report, from its figures and tables."""
+"""The report's headline tables and provenance, as small HTML pages that `snakemake --report` shows."""
 from circuitflow.logs import log_to
-from circuitflow.report import summary_tables, write_report
+from circuitflow.report import (TABLE_TITLES, device_description, provenance_page, summary_tables, table_page,
+                               write_page)
 
 with log_to(snakemake.log[0]) as log:
-    i, p = snakemake.input, snakemake.params
+    i, o = snakemake.input, snakemake.output
     tables = summary_tables(i.accuracy, i.areas, i.paper_circuits, i.heuristics, i.prompt_knockouts)
-    write_report(snakemake.output.html, i.figures, p.figures_dir, p.captions, tables, p.config)
-    log.info("%d figures, %d tables -> %s", len(i.figures), len(tables), snakemake.output.html)
+    for name, title in TABLE_TITLES.items():
+        write_page(o[name], table_page(title, tables[name]))
+    device = device_description(snakemake.params.device)
+    write_page(o.provenance, provenance_page(i.accuracy, snakemake.params.config, device))
+    log.info("%d tables and the provenance -> %s", len(TABLE_TITLES), o.provenance)
