@@ -12,26 +12,47 @@ rule report:
         areas=[f"{RES}/{m}/circuits/{op}/areas.parquet" for m in stage_models("circuits") for op in OPS],
         paper_circuits=[f"{RES}/{m}/paper_circuits/{op}.parquet" for m in stage_models("localization") for op in OPS],
         heuristics=[f"{RES}/{m}/heuristics/{op}.parquet" for m in stage_models("localization") for op in OPS],
-        prompt_knockouts=[f"{RES}/{m}/heuristics/{op}_prompt_knockout.parquet" for m in stage_models("localization")
-                          for op in OPS],
+        prompt_knockouts=[
+            f"{RES}/{m}/heuristics/{op}_prompt_knockout.parquet" for m in stage_models("localization") for op in OPS
+        ],
     output:
-        accuracy=report(f"{RES}/tables/accuracy.html", caption="../report/table_accuracy.rst",
-                        category="1 Headline tables", labels={"table": "accuracy per model and operator"}),
-        areas=report(f"{RES}/tables/circuit_cpr.html", caption="../report/table_circuit_cpr.rst",
-                     category="1 Headline tables", labels={"table": "circuit CPR per method"}),
-        paper_circuits=report(f"{RES}/tables/paper_circuits.html", caption="../report/table_paper_circuits.rst",
-                              category="1 Headline tables", labels={"table": "the paper's circuits: faithfulness"}),
-        heuristics=report(f"{RES}/tables/heuristic_neurons.html", caption="../report/table_heuristic_neurons.rst",
-                          category="1 Headline tables", labels={"table": "heuristic neurons and prompt knockout"}),
-        provenance=report(f"{RES}/tables/provenance.html", caption="../report/provenance.rst",
-                          category="6 Provenance", labels={"record": "commit, package versions, device, config"}),
-    params:
-        config=without_performance(CFG),
-        device=CFG["device"],
-        code=script_code("report"),
+        accuracy=report(
+            f"{RES}/tables/accuracy.html",
+            caption="../report/table_accuracy.rst",
+            category="1 Headline tables",
+            labels={"table": "accuracy per model and operator"},
+        ),
+        areas=report(
+            f"{RES}/tables/circuit_cpr.html",
+            caption="../report/table_circuit_cpr.rst",
+            category="1 Headline tables",
+            labels={"table": "circuit CPR per method"},
+        ),
+        paper_circuits=report(
+            f"{RES}/tables/paper_circuits.html",
+            caption="../report/table_paper_circuits.rst",
+            category="1 Headline tables",
+            labels={"table": "the paper's circuits: faithfulness"},
+        ),
+        heuristics=report(
+            f"{RES}/tables/heuristic_neurons.html",
+            caption="../report/table_heuristic_neurons.rst",
+            category="1 Headline tables",
+            labels={"table": "heuristic neurons and prompt knockout"},
+        ),
+        provenance=report(
+            f"{RES}/tables/provenance.html",
+            caption="../report/provenance.rst",
+            category="6 Provenance",
+            labels={"record": "commit, package versions, device, config"},
+        ),
     log:
         f"{RES}/logs/report/all.log",
     benchmark:
         f"{RES}/benchmarks/report/all.tsv"
+    params:
+        config=without_performance(CFG),
+        device=CFG["device"],
+        code=script_code("report"),
     script:
         "../scripts/report.py"
