@@ -58,6 +58,15 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
     return out
 
 
+def cpr_label(areas: Path | str, method: str | None = None) -> str:
+    """A circuits figure's headline number for the report's list: ``method``'s CPR in an ``areas.parquet`` table,
+    or the best method's CPR and name when ``method`` is None."""
+    table = pd.read_parquet(areas).set_index("method")["cpr"]
+    if method is not None:
+        return f"{table[method]:.3f}"
+    return f"{table.max():.3f} ({table.idxmax()})"
+
+
 def _page(title: str, body: str) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h2>{html.escape(title)}</h2>{body}</body></html>")

@@ -13,7 +13,7 @@ import pytest
 
 from circuitflow.io import write_parquet
 from circuitflow.provenance import provenance_record
-from circuitflow.report import device_description, provenance_frame, provenance_page, summary_tables, table_page
+from circuitflow.report import cpr_label, device_description, provenance_frame, provenance_page, summary_tables, table_page
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ROOT / "workflow" / "report"
@@ -99,3 +99,10 @@ def test_captions_name_model_and_operator_and_link_only_to_report_items():
             assert "**mul-op**" in text, path.name
         for target in re.findall(r"`([^`]+)`_", text):
             assert target in targets, (path.name, target)
+
+
+def test_cpr_label_is_the_methods_cpr_or_the_best_one(tmp_path):
+    areas = tmp_path / "areas.parquet"
+    pd.DataFrame({"method": ["EAP", "EAP-IG-inputs", "exact"], "cpr": [0.5, 0.8761, 0.7]}).to_parquet(areas)
+    assert cpr_label(areas, "exact") == "0.700"
+    assert cpr_label(areas) == "0.876 (EAP-IG-inputs)"

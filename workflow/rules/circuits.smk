@@ -56,7 +56,7 @@ rule plot_faithfulness:
     output:
         png=report(f"{RES}/figures/{{model}}/faithfulness_{{op}}.png", caption="../report/faithfulness.rst",
                    category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
-                   labels={"figure": "faithfulness", "operator": "{op}", "method": "all"}),
+                   labels=lambda wildcards: circuit_labels(wildcards, "faithfulness", None)),
         pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
     params:
         code=script_code("plot_faithfulness"),
@@ -73,7 +73,7 @@ rule draw_circuits:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
     output:
         pngs=[report(p, caption="../report/circuit.rst", category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
-                     labels={"figure": "circuit graph", "operator": "{op}", "method": Path(p).stem}) for p in
+                     labels=lambda wildcards, m=Path(p).stem: circuit_labels(wildcards, "circuit graph", m)) for p in
               expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)],
     params:
         n_edges=CFG["circuits"]["draw_edges"],
