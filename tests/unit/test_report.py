@@ -13,7 +13,8 @@ import pytest
 
 from circuitflow.io import write_parquet
 from circuitflow.provenance import provenance_record
-from circuitflow.report import cpr_label, device_description, provenance_frame, provenance_page, summary_tables, table_page
+from circuitflow.report import (cpr_label, device_description, provenance_frame, provenance_page, summary_tables,
+                               table_page)
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ROOT / "workflow" / "report"
