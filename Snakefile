@@ -26,5 +26,5 @@ include: "workflow/rules/cluster.smk"
 rule all:
     input:
         all_outputs(),
-        f"{RES}/report.html",
+        rules.report.output,
     default_target: True
