@@ -21,14 +21,16 @@ $(STAMP): pyproject.toml $(LOCK) requirements-torch.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -r requirements-torch.txt
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[test,slurm]"
 	touch $(STAMP)
 
 # After an interruption type `make run` again: the lock a killed run left is released when no snakemake process runs
 # on this folder (a live run keeps it), and the profile reruns the jobs the kill cut short (rerun-incomplete).
+# Then Snakemake's report of the run: results/report.html (figures, headline tables, provenance, runtimes).
 run: $(STAMP)
 	$(BIN)/python -c 'from circuitflow.io import release_stale_lock; release_stale_lock()'
 	$(BIN)/snakemake --cores all --workflow-profile workflow/profiles/default
+	$(BIN)/snakemake --cores all --workflow-profile workflow/profiles/default --report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -173,7 +173,7 @@ def ie_heatmaps(table: pd.DataFrame, title: str, value: str = "ie_median"):
         image = ax.imshow(grid, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         ax.set_xticks(range(n_heads + 1), [f"h{h}" for h in range(n_heads)] + ["m"], fontsize=6)
         ax.set_yticks(range(n_layers))
-        ax.set(title=position, xlabel="head a{l}.h{h}, MLP m{l}")
+        ax.set(title=position, xlabel="component (h: head, m: MLP)")
     axes[0][0].set_ylabel("layer l")
     exponents = np.arange(np.floor(np.log10(norm.linthresh)), np.floor(np.log10(limit)) + 1)  # decades in the bar
     decades = {0.0, *(10.0 ** exponents), *(-(10.0 ** exponents))}
