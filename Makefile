@@ -42,4 +42,6 @@ lock:
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra slurm --universal --python-version 3.11 \
 		-c requirements-torch.txt --upgrade -o $(LOCK)
+	# envs/circuitflow.yaml records both files' digests: Snakemake rebuilds a conda env only when its file changes
+	for f in requirements-torch.txt $(LOCK); do sed -i -E "s|^# [0-9a-f]{64}  $$f$$|# $$(sha256sum $$f)|" envs/circuitflow.yaml; done
 	rm -f $(STAMP)

@@ -12,6 +12,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+# Jobs run in this image with --sdm apptainer (containers/Dockerfile; README "Software environments").
+container: f"{workflow.basedir}/containers/circuitflow.sif"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
@@ -24,7 +28,7 @@ include: "workflow/rules/cluster.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
         rules.report.output,
-    default_target: True

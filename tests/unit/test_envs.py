@@ -164,3 +164,20 @@ def test_build_context_sends_exactly_what_the_image_copies():
 
 def test_image_pins_nothing_the_lock_disagrees_with():
     assert_pins_agree_with_lock([a for i in package_installs() for a in i], DOCKERFILE.name)
+
+def test_every_rule_that_runs_a_script_declares_the_env():
+    """--sdm conda uses envs/circuitflow.yaml only in rules that declare it; any other script would run in whatever
+    environment Snakemake itself runs in."""
+    missing = []
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"^(?=(?:rule|checkpoint) \w+:)", smk.read_text(), flags=re.M)[1:]:
+            if re.search(r"^    script:", block, re.M) and not re.search(r"^    conda:\n        ENV\n", block, re.M):
+                missing.append(f"{smk.name}: {block.split(':')[0]}")
+    assert not missing, f"rules without `conda: ENV` (workflow/rules/common.smk defines it): {missing}"
+
+
+def test_the_workflow_sets_the_root_the_env_file_uses():
+    common = (ROOT / "workflow/rules/common.smk").read_text()
+    assert "os.environ.update(CIRCUITFLOW_ROOT=workflow.basedir)" in common, "common.smk must export CIRCUITFLOW_ROOT"
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert 'container: f"{workflow.basedir}/containers/circuitflow.sif"' in snakefile, "Snakefile names no container"

@@ -11,17 +11,19 @@ rule attribute:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
         json=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.json", method=CIRCUIT_METHODS),
         agreement=f"{RES}/{{model}}/circuits/{{op}}/agreement.parquet",
-    params:
-        circuits=keys("circuits", "methods", "metric", "intervention", "ig_steps"),
-        dtype=CFG["dtype"],
-        code=script_code("attribute"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
     log:
         f"{RES}/logs/attribute/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/attribute/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
+    params:
+        circuits=keys("circuits", "methods", "metric", "intervention", "ig_steps"),
+        dtype=CFG["dtype"],
+        code=script_code("attribute"),
     script:
         "../scripts/attribute.py"
 
@@ -35,17 +37,19 @@ rule faithfulness:
     output:
         curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
         areas=f"{RES}/{{model}}/circuits/{{op}}/areas.parquet",
-    params:
-        circuits=keys("circuits", "methods", "metric", "intervention", "fractions", "selection", "absolute"),
-        dtype=CFG["dtype"],
-        code=script_code("faithfulness"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
     log:
         f"{RES}/logs/faithfulness/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/faithfulness/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
+    params:
+        circuits=keys("circuits", "methods", "metric", "intervention", "fractions", "selection", "absolute"),
+        dtype=CFG["dtype"],
+        code=script_code("faithfulness"),
     script:
         "../scripts/faithfulness.py"
 
@@ -54,16 +58,22 @@ rule plot_faithfulness:
     input:
         curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
     output:
-        png=report(f"{RES}/figures/{{model}}/faithfulness_{{op}}.png", caption="../report/faithfulness.rst",
-                   category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
-                   labels=lambda wildcards: circuit_labels(wildcards, "faithfulness", None)),
+        png=report(
+            f"{RES}/figures/{{model}}/faithfulness_{{op}}.png",
+            caption="../report/faithfulness.rst",
+            category="3 Circuits (EAP, EAP-IG)",
+            subcategory="{model}",
+            labels=lambda wildcards: circuit_labels(wildcards, "faithfulness", None),
+        ),
         pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
-    params:
-        code=script_code("plot_faithfulness"),
     log:
         f"{RES}/logs/plot_faithfulness/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/plot_faithfulness/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("plot_faithfulness"),
     script:
         "../scripts/plot_faithfulness.py"
 
@@ -72,17 +82,26 @@ rule draw_circuits:
     input:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
     output:
-        pngs=[report(p, caption="../report/circuit.rst", category="3 Circuits (EAP, EAP-IG)", subcategory="{model}",
-                     labels=lambda wildcards, m=Path(p).stem: circuit_labels(wildcards, "circuit graph", m)) for p in
-              expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)],
+        pngs=[
+            report(
+                p,
+                caption="../report/circuit.rst",
+                category="3 Circuits (EAP, EAP-IG)",
+                subcategory="{model}",
+                labels=lambda wildcards, m=Path(p).stem: circuit_labels(wildcards, "circuit graph", m),
+            )
+            for p in expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)
+        ],
+    log:
+        f"{RES}/logs/draw_circuits/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/draw_circuits/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
     params:
         n_edges=CFG["circuits"]["draw_edges"],
         absolute=CFG["circuits"]["absolute"],
         methods=CIRCUIT_METHODS,
         code=script_code("draw_circuits"),
-    log:
-        f"{RES}/logs/draw_circuits/{{model}}_{{op}}.log",
-    benchmark:
-        f"{RES}/benchmarks/draw_circuits/{{model}}_{{op}}.tsv"
     script:
         "../scripts/draw_circuits.py"

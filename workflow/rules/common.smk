@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints, input functions and the list of final outputs.
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from circuitflow.codehash import script_code_hash
 from circuitflow.config import ConfigError, load_workflow_config
 from circuitflow.models.digest import model_files
+from circuitflow.report import cpr_label
 from circuitflow.snakejob import PERFORMANCE_KEYS, without_performance
 
 try:
@@ -27,6 +29,11 @@ GPU = 0 if CFG["device"] == "cpu" else 1
 # CPU threads of a job that runs a model (torch uses them); fewer when --cores is smaller, more with --set-threads.
 MODEL_THREADS = 4
 
+# The jobs' software for --sdm conda: envs/circuitflow.yaml installs the lock and this checkout (editable) through
+# CIRCUITFLOW_ROOT, because Snakemake copies env files to .snakemake/conda/ and conda runs pip from there.
+os.environ.update(CIRCUITFLOW_ROOT=workflow.basedir)
+ENV = f"{workflow.basedir}/envs/circuitflow.yaml"
+
 
 def script_code(name):
     """Hash of the library modules workflow/scripts/{name}.py imports, for ``params: code=`` (Snakemake reruns a job
@@ -43,8 +50,10 @@ def keys(section, *names):
     another key of the section does."""
     wrong = [n for n in names if n not in CFG[section] or _performance(section, n)]
     if wrong:
-        raise WorkflowError(f"workflow/rules: {section}.{wrong} are not config keys or are performance settings "
-                            "(scripts read those with circuitflow.snakejob.job_performance)")
+        raise WorkflowError(
+            f"workflow/rules: {section}.{wrong} are not config keys or are performance settings "
+            "(scripts read those with circuitflow.snakejob.job_performance)"
+        )
     return {n: CFG[section][n] for n in names}
 
 
@@ -58,8 +67,11 @@ def keys_except(section, *names):
 
 
 def names(source=None, with_checkpoints=False):
-    return [n for n, s in MODELS.items()
-            if (source is None or s.source == source) and (not with_checkpoints or s.checkpoints)]
+    return [
+        n
+        for n, s in MODELS.items()
+        if (source is None or s.source == source) and (not with_checkpoints or s.checkpoints)
+    ]
 
 
 def alternatives(items):
@@ -92,8 +104,11 @@ def model_inputs(*files):
 
 def lora_base_files(wildcards):
     base = MODELS[wildcards.model].base
-    return {"handle": f"{RES}/models/{base}/model.json", "checkpoints": f"{RES}/models/{base}/checkpoints.json",
-            "digest": f"{RES}/models/{base}/digest.json"}
+    return {
+        "handle": f"{RES}/models/{base}/model.json",
+        "checkpoints": f"{RES}/models/{base}/checkpoints.json",
+        "digest": f"{RES}/models/{base}/digest.json",
+    }
 
 
 def lora_adapter(wildcards):
@@ -139,9 +154,11 @@ LOCALIZATION_FIGURES = ("ie_map", "neurons", "probes", "attention")
 
 
 def localization_outputs(name):
-    return expand(f"{RES}/{name}/{{table}}/{{op}}.parquet", table=LOCALIZATION_TABLES, op=OPS) + expand(
-        f"{RES}/figures/{name}/{{figure}}_{{op}}.png", figure=LOCALIZATION_FIGURES, op=OPS
-    ) + [f"{RES}/figures/{name}/paper_faithfulness.png"]
+    return (
+        expand(f"{RES}/{name}/{{table}}/{{op}}.parquet", table=LOCALIZATION_TABLES, op=OPS)
+        + expand(f"{RES}/figures/{name}/{{figure}}_{{op}}.png", figure=LOCALIZATION_FIGURES, op=OPS)
+        + [f"{RES}/figures/{name}/paper_faithfulness.png"]
+    )
 
 
 HEURISTICS_TABLES = ("", "_knockout", "_prompt_knockout", "_maps")
@@ -155,8 +172,12 @@ def heuristics_outputs(name):
 
 def circuit_outputs(name):
     return expand(
-        [f"{RES}/{name}/circuits/{{op}}/faithfulness.parquet", f"{RES}/{name}/circuits/{{op}}/agreement.parquet",
-         f"{RES}/figures/{name}/faithfulness_{{op}}.png"], op=OPS,
+        [
+            f"{RES}/{name}/circuits/{{op}}/faithfulness.parquet",
+            f"{RES}/{name}/circuits/{{op}}/agreement.parquet",
+            f"{RES}/figures/{name}/faithfulness_{{op}}.png",
+        ],
+        op=OPS,
     ) + expand(f"{RES}/figures/{name}/circuits/{{op}}/{{method}}.png", op=OPS, method=CIRCUIT_METHODS)
 
 
@@ -179,3 +200,10 @@ def all_outputs():
         if "train" in MODELS[name].adapter:
             outputs.append(f"{RES}/models/{name}/finetune.parquet")
     return outputs
+
+
+def circuit_labels(wildcards, figure, method):
+    """Report labels of a circuits figure (called by its report(...) markup when the report is built): the figure,
+    operator, method ("all": the best one) and its CPR."""
+    areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/areas.parquet"
+    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr_label(areas, method)}

@@ -9,18 +9,20 @@ rule ie_maps:
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         table=f"{RES}/{{model}}/ie_maps/{{op}}.parquet",
+    log:
+        f"{RES}/logs/ie_maps/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/ie_maps/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
     params:
         loc=keys("localization", "seeds"),
         dtype=CFG["dtype"],
         partial=lambda w: f"{RES}/{w.model}/.partial/ie_maps_{w.op}",
         code=script_code("ie_maps"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
-    log:
-        f"{RES}/logs/ie_maps/{{model}}_{{op}}.log",
-    benchmark:
-        f"{RES}/benchmarks/ie_maps/{{model}}_{{op}}.tsv"
     script:
         "../scripts/ie_maps.py"
 
@@ -31,17 +33,19 @@ rule neuron_scores:
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/neurons/{{op}}.parquet",
-    params:
-        loc=keys("localization", "exact_neuron_layers"),
-        dtype=CFG["dtype"],
-        code=script_code("neuron_scores"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
     log:
         f"{RES}/logs/neuron_scores/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/neuron_scores/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
+    params:
+        loc=keys("localization", "exact_neuron_layers"),
+        dtype=CFG["dtype"],
+        code=script_code("neuron_scores"),
     script:
         "../scripts/neuron_scores.py"
 
@@ -52,17 +56,19 @@ rule probes:
         answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/probes/{{op}}.parquet",
-    params:
-        seed=CFG["seed"],
-        dtype=CFG["dtype"],
-        code=script_code("probes"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
     log:
         f"{RES}/logs/probes/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/probes/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
+    params:
+        seed=CFG["seed"],
+        dtype=CFG["dtype"],
+        code=script_code("probes"),
     script:
         "../scripts/probes.py"
 
@@ -76,19 +82,22 @@ rule paper_circuits:
         probes=f"{RES}/{{model}}/probes/{{op}}.parquet",
     output:
         table=f"{RES}/{{model}}/paper_circuits/{{op}}.parquet",
-    params:
-        loc=keys("localization", "top_heads", "heuristics_layer", "probe_threshold", "neurons_per_layer",
-                 "random_seeds"),
-        prompts=keys("prompts", "operand_max"),
-        dtype=CFG["dtype"],
-        code=script_code("paper_circuits"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
     log:
         f"{RES}/logs/paper_circuits/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/paper_circuits/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
+    params:
+        loc=keys(
+            "localization", "top_heads", "heuristics_layer", "probe_threshold", "neurons_per_layer", "random_seeds"
+        ),
+        prompts=keys("prompts", "operand_max"),
+        dtype=CFG["dtype"],
+        code=script_code("paper_circuits"),
     script:
         "../scripts/paper_circuits.py"
 
@@ -100,18 +109,20 @@ rule attention:
     output:
         table=f"{RES}/{{model}}/attention/{{op}}.parquet",
         ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
+    log:
+        f"{RES}/logs/attention/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/attention/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
     params:
         loc=keys("localization", "attention_heads"),
         operand_max=CFG["prompts"]["operand_max"],
         dtype=CFG["dtype"],
         code=script_code("attention"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
-    log:
-        f"{RES}/logs/attention/{{model}}_{{op}}.log",
-    benchmark:
-        f"{RES}/benchmarks/attention/{{model}}_{{op}}.tsv"
     script:
         "../scripts/attention.py"
 
@@ -124,24 +135,42 @@ rule plot_localization:
         attention=f"{RES}/{{model}}/attention/{{op}}.parquet",
         ov=f"{RES}/{{model}}/attention/{{op}}_ov.parquet",
     output:
-        ie_map=report(f"{RES}/figures/{{model}}/ie_map_{{op}}.png", caption="../report/ie_map.rst",
-                      category="4 Localization", subcategory="{model}",
-                      labels={"figure": "IE map", "operator": "{op}"}),
-        neurons=report(f"{RES}/figures/{{model}}/neurons_{{op}}.png", caption="../report/neurons.rst",
-                       category="4 Localization", subcategory="{model}",
-                       labels={"figure": "neuron importance", "operator": "{op}"}),
-        probes=report(f"{RES}/figures/{{model}}/probes_{{op}}.png", caption="../report/probes.rst",
-                      category="4 Localization", subcategory="{model}",
-                      labels={"figure": "linear probes", "operator": "{op}"}),
-        attention=report(f"{RES}/figures/{{model}}/attention_{{op}}.png", caption="../report/attention.rst",
-                         category="4 Localization", subcategory="{model}",
-                         labels={"figure": "attention and OV circuit", "operator": "{op}"}),
-    params:
-        code=script_code("plot_localization"),
+        ie_map=report(
+            f"{RES}/figures/{{model}}/ie_map_{{op}}.png",
+            caption="../report/ie_map.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "IE map", "operator": "{op}"},
+        ),
+        neurons=report(
+            f"{RES}/figures/{{model}}/neurons_{{op}}.png",
+            caption="../report/neurons.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "neuron importance", "operator": "{op}"},
+        ),
+        probes=report(
+            f"{RES}/figures/{{model}}/probes_{{op}}.png",
+            caption="../report/probes.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "linear probes", "operator": "{op}"},
+        ),
+        attention=report(
+            f"{RES}/figures/{{model}}/attention_{{op}}.png",
+            caption="../report/attention.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "attention and OV circuit", "operator": "{op}"},
+        ),
     log:
         f"{RES}/logs/plot_localization/{{model}}_{{op}}.log",
     benchmark:
         f"{RES}/benchmarks/plot_localization/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("plot_localization"),
     script:
         "../scripts/plot_localization.py"
 
@@ -150,16 +179,22 @@ rule plot_paper_faithfulness:
     input:
         tables=expand(f"{RES}/{{{{model}}}}/paper_circuits/{{op}}.parquet", op=OPS),
     output:
-        png=report(f"{RES}/figures/{{model}}/paper_faithfulness.png", caption="../report/paper_faithfulness.rst",
-                   category="4 Localization", subcategory="{model}",
-                   labels={"figure": "paper circuits' faithfulness", "operator": "all"}),
+        png=report(
+            f"{RES}/figures/{{model}}/paper_faithfulness.png",
+            caption="../report/paper_faithfulness.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "paper circuits' faithfulness", "operator": "all"},
+        ),
         pdf=f"{RES}/figures/{{model}}/paper_faithfulness.pdf",
-    params:
-        code=script_code("plot_paper_faithfulness"),
     log:
         f"{RES}/logs/plot_paper_faithfulness/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/plot_paper_faithfulness/{{model}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("plot_paper_faithfulness"),
     script:
         "../scripts/plot_paper_faithfulness.py"
 
@@ -171,21 +206,23 @@ rule checkpoint_ie_maps:
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
+    log:
+        f"{RES}/logs/checkpoint_ie_maps/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/checkpoint_ie_maps/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(names(with_checkpoints=True)),
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
     params:
         loc={"seeds": CFG["localization"]["seeds"][:1]},  # across checkpoints: the first seed only
         operators=OPS,
         dtype=CFG["dtype"],
         partial=lambda w: f"{RES}/{w.model}/.partial/checkpoint_ie_maps",
         code=script_code("checkpoint_ie_maps"),
-    wildcard_constraints:
-        model=alternatives(names(with_checkpoints=True)),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
-    log:
-        f"{RES}/logs/checkpoint_ie_maps/{{model}}.log",
-    benchmark:
-        f"{RES}/benchmarks/checkpoint_ie_maps/{{model}}.tsv"
     script:
         "../scripts/checkpoint_ie_maps.py"
 
@@ -194,15 +231,21 @@ rule plot_checkpoint_ie:
     input:
         table=f"{RES}/{{model}}/checkpoint_ie_maps.parquet",
     output:
-        png=report(f"{RES}/figures/{{model}}/checkpoint_ie.png", caption="../report/checkpoint_ie.rst",
-                   category="4 Localization", subcategory="{model}",
-                   labels={"figure": "IE across checkpoints", "operator": "all"}),
+        png=report(
+            f"{RES}/figures/{{model}}/checkpoint_ie.png",
+            caption="../report/checkpoint_ie.rst",
+            category="4 Localization",
+            subcategory="{model}",
+            labels={"figure": "IE across checkpoints", "operator": "all"},
+        ),
         pdf=f"{RES}/figures/{{model}}/checkpoint_ie.pdf",
-    params:
-        code=script_code("plot_checkpoint_ie"),
     log:
         f"{RES}/logs/plot_checkpoint_ie/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/plot_checkpoint_ie/{{model}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("plot_checkpoint_ie"),
     script:
         "../scripts/plot_checkpoint_ie.py"

@@ -10,17 +10,19 @@ checkpoint train_toy:
         index=f"{RES}/models/{{model}}/checkpoints.json",
         handle=f"{RES}/models/{{model}}/model.json",
         training_log=f"{RES}/models/{{model}}/training_log.parquet",
-    params:
-        recipe=lambda w: MODELS[w.model].recipe,
-        seed=CFG["seed"],
-        code=script_code("train_toy"),
-    wildcard_constraints:
-        model=alternatives(names("toy")),
-    threads: 2  # torch always trains with 2 threads, so the weights do not depend on the cores a job gets
     log:
         f"{RES}/logs/train_toy/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/train_toy/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(names("toy")),
+    conda:
+        ENV
+    threads: 2  # torch always trains with 2 threads, so the weights do not depend on the cores a job gets
+    params:
+        recipe=lambda w: MODELS[w.model].recipe,
+        seed=CFG["seed"],
+        code=script_code("train_toy"),
     script:
         "../scripts/train_toy.py"
 
@@ -29,15 +31,17 @@ rule download_model:
     output:
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
-    params:
-        spec=model_spec,
-        code=script_code("download_model"),
-    wildcard_constraints:
-        model=alternatives(names("hub")),
     log:
         f"{RES}/logs/download_model/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/download_model/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(names("hub")),
+    conda:
+        ENV
+    params:
+        spec=model_spec,
+        code=script_code("download_model"),
     script:
         "../scripts/download_model.py"
 
@@ -46,13 +50,15 @@ rule register_local:
     output:
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
+    log:
+        f"{RES}/logs/register_local/{{model}}.log",
+    wildcard_constraints:
+        model=alternatives(names("local")),
+    conda:
+        ENV
     params:
         spec=model_spec,
         code=script_code("register_local"),
-    wildcard_constraints:
-        model=alternatives(names("local")),
-    log:
-        f"{RES}/logs/register_local/{{model}}.log",
     script:
         "../scripts/register_local.py"
 
@@ -64,17 +70,19 @@ rule finetune_toy_lora:
         adapter=directory(f"{RES}/models/{{model}}/adapter"),
         raw=f"{RES}/models/{{model}}/adapter_raw.safetensors",
         table=f"{RES}/models/{{model}}/finetune.parquet",
-    params:
-        spec=model_spec,
-        seed=CFG["seed"],
-        code=script_code("finetune_toy_lora"),
-    wildcard_constraints:
-        model=alternatives(n for n in names("lora") if "train" in MODELS[n].adapter),
-    threads: 2  # fixed, as for train_toy
     log:
         f"{RES}/logs/finetune_toy_lora/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/finetune_toy_lora/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(n for n in names("lora") if "train" in MODELS[n].adapter),
+    conda:
+        ENV
+    threads: 2  # fixed, as for train_toy
+    params:
+        spec=model_spec,
+        seed=CFG["seed"],
+        code=script_code("finetune_toy_lora"),
     script:
         "../scripts/finetune_toy_lora.py"
 
@@ -88,16 +96,18 @@ rule merge_lora:
         merged=directory(f"{RES}/models/{{model}}/merged"),
         handle=f"{RES}/models/{{model}}/model.json",
         index=f"{RES}/models/{{model}}/checkpoints.json",
-    params:
-        spec=model_spec,
-        code=script_code("merge_lora"),
-    wildcard_constraints:
-        model=alternatives(names("lora")),
-    threads: MODEL_THREADS
     log:
         f"{RES}/logs/merge_lora/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/merge_lora/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(names("lora")),
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    params:
+        spec=model_spec,
+        code=script_code("merge_lora"),
     script:
         "../scripts/merge_lora.py"
 
@@ -107,11 +117,13 @@ rule model_digest:
         unpack(digest_inputs),
     output:
         digest=f"{RES}/models/{{model}}/digest.json",
-    params:
-        code=script_code("model_digest"),
     log:
         f"{RES}/logs/model_digest/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/model_digest/{{model}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("model_digest"),
     script:
         "../scripts/model_digest.py"

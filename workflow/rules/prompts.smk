@@ -7,18 +7,20 @@ rule prompts:
     output:
         prompts=f"{RES}/{{model}}/prompts/{{op}}.parquet",
         answers=f"{RES}/{{model}}/answers/{{op}}.parquet",
+    log:
+        f"{RES}/logs/prompts/{{model}}_{{op}}.log",
+    benchmark:
+        f"{RES}/benchmarks/prompts/{{model}}_{{op}}.tsv"
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
     params:
         prompts=CFG["prompts"],
         seed=CFG["seed"],
         dtype=CFG["dtype"],
         code=script_code("prompts"),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
-    log:
-        f"{RES}/logs/prompts/{{model}}_{{op}}.log",
-    benchmark:
-        f"{RES}/benchmarks/prompts/{{model}}_{{op}}.tsv"
     script:
         "../scripts/prompts.py"
 
@@ -29,12 +31,14 @@ rule accuracy:
         answers=expand(f"{RES}/{{{{model}}}}/answers/{{op}}.parquet", op=OPS),
     output:
         table=f"{RES}/{{model}}/accuracy.parquet",
-    params:
-        code=script_code("accuracy"),
     log:
         f"{RES}/logs/accuracy/{{model}}.log",
     benchmark:
         f"{RES}/benchmarks/accuracy/{{model}}.tsv"
+    conda:
+        ENV
+    params:
+        code=script_code("accuracy"),
     script:
         "../scripts/accuracy.py"
 
@@ -44,19 +48,21 @@ rule checkpoint_accuracy:
         unpack(model_inputs("index")),
     output:
         table=f"{RES}/{{model}}/checkpoint_accuracy.parquet",
+    log:
+        f"{RES}/logs/checkpoint_accuracy/{{model}}.log",
+    benchmark:
+        f"{RES}/benchmarks/checkpoint_accuracy/{{model}}.tsv"
+    wildcard_constraints:
+        model=alternatives(names(with_checkpoints=True)),
+    conda:
+        ENV
+    threads: MODEL_THREADS
+    resources:
+        gpu=GPU,
     params:
         prompts=CFG["prompts"],
         operators=OPS,
         dtype=CFG["dtype"],
         code=script_code("checkpoint_accuracy"),
-    wildcard_constraints:
-        model=alternatives(names(with_checkpoints=True)),
-    threads: MODEL_THREADS
-    resources:
-        gpu=GPU,
-    log:
-        f"{RES}/logs/checkpoint_accuracy/{{model}}.log",
-    benchmark:
-        f"{RES}/benchmarks/checkpoint_accuracy/{{model}}.tsv"
     script:
         "../scripts/checkpoint_accuracy.py"

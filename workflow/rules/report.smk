@@ -3,17 +3,7 @@
 # headline tables and the run's provenance as report items, and the description page below opens the report.
 
 
-from circuitflow.report import cpr_label
-
-
 report: "../report/workflow.rst"
-
-
-def circuit_labels(wildcards, figure, method):
-    """Report labels of a circuits figure (called by its report(...) markup when the report is built): the figure,
-    operator, method ("all": the best one) and its CPR."""
-    areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/areas.parquet"
-    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr_label(areas, method)}
 
 
 rule report:
@@ -60,6 +50,8 @@ rule report:
         f"{RES}/logs/report/all.log",
     benchmark:
         f"{RES}/benchmarks/report/all.tsv"
+    conda:
+        ENV
     params:
         config=without_performance(CFG),
         device=CFG["device"],
