@@ -9,6 +9,8 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
     batches = pair_batches(prompts, load_tokenizer(handle), batch_size=64)   # the model's own tokenizer
     graph = attribute(bridge, batches, logit_diff, method="EAP-IG-inputs", ig_steps=5, tracer=tracer)
     curve = faithfulness_curve(bridge, graph, batches, logit_diff, tracer=tracer)
+    nodes = faithfulness_curve(bridge, graph, batches, logit_diff, level="node", tracer=tracer)  # node fractions
+    graph.select("topn", 10, level="node")   # a node-level circuit: its 10 nodes keep all their outgoing edges
     to_eap_json(graph, "graph.json", d_model=bridge.cfg.d_model)   # EAP-IG / MIB's JSON (from_eap_json reads it)
 """
 

@@ -3,8 +3,10 @@
 Evaluating a circuit C: every downstream input x_v receives Σ Δ_u over the upstream nodes u whose edge u → v is
 not in C (Δ_u = reference_u − u's output in that same run), so the full graph gives the clean run and the empty
 graph the fully intervened run. Faithfulness f(C) = (m(C) − m(∅)) / (m(full) − m(∅)) with m the metric averaged
-over examples. Over MIB's circuit sizes (fractions of the edges), CPR is the area under f and CMD the area under
-|1 − f| (trapezoids over the edge fraction; CPR higher is better, CMD lower is better).
+over examples. Over MIB's circuit sizes (fractions of the edges, or of the upstream nodes for node-level circuits),
+CPR is the area under f and CMD the area under |1 − f| (trapezoids over the fraction; CPR higher is better, CMD
+lower is better). A node-level circuit is evaluated through its edge mask (:meth:`Graph.set_nodes`): the nodes
+outside it have every outgoing edge intervened.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 
 from circuitflow.circuits.data import PairBatch
-from circuitflow.circuits.graph import Graph, Selection
+from circuitflow.circuits.graph import Graph, Level, Selection, check_level
 from circuitflow.circuits.tracing import Intervention, Tracer, metric_values
 from circuitflow.metrics import Metric
 
@@ -44,29 +46,32 @@ def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch
 def evaluate_graph(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,
                    intervention: Intervention = "patching", *, means: Tensor | None = None,
                    tracer: Tracer | None = None) -> Tensor:
-    """``[N]``: the per-example metric with ``graph.in_graph`` as the circuit."""
+    """``[N]``: the per-example metric with ``graph.in_graph`` as the circuit (at node level, the valid outgoing
+    edges of ``graph.node_in_graph``)."""
     tracer = tracer or Tracer(bridge)
     return evaluate_masks(tracer, graph.in_graph.unsqueeze(0), batches, metric, intervention, means=means)[0]
 
 
 def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,
                        intervention: Intervention = "patching", *, fractions: Sequence[float] = MIB_FRACTIONS,
-                       selection: Selection = "topn", absolute: bool = True, means: Tensor | None = None,
-                       tracer: Tracer | None = None) -> pd.DataFrame:
-    """Faithfulness of the circuits of ``graph`` at each edge fraction (all sizes evaluated in one batched pass).
+                       selection: Selection = "topn", absolute: bool = True, level: Level = "edge",
+                       means: Tensor | None = None, tracer: Tracer | None = None) -> pd.DataFrame:
+    """Faithfulness of the circuits of ``graph`` at each fraction of its edges (``level="node"``: of its upstream
+    nodes), all sizes evaluated in one batched pass.
 
     Columns: ``fraction, n_edges, n_nodes, metric, metric_full, metric_empty, faithfulness, selection,
-    absolute``; ``graph.in_graph`` is left as it was.
+    absolute, level``; the graph's circuit and metadata are left as they were.
     """
+    check_level(level)
     tracer = tracer or Tracer(bridge)
-    kept = graph.in_graph.clone()
+    kept = graph.in_graph.clone(), graph.node_in_graph, dict(graph.meta)
+    total = graph.n_valid_edges if level == "edge" else graph.n_up
     masks, sizes = [], []
     for fraction in fractions:
-        n = max(1, math.ceil(fraction * graph.n_valid_edges))
-        graph.select(selection, n, absolute)
+        graph.select(selection, max(1, math.ceil(fraction * total)), absolute, level=level)
         masks.append(graph.in_graph.clone())
-        sizes.append((n, graph.n_edges, graph.n_nodes))
-    graph.in_graph = kept
+        sizes.append((graph.n_edges, graph.n_nodes))
+    graph.in_graph, graph.node_in_graph, graph.meta = kept
     valid = tracer.shape.valid
     masks = torch.stack([valid, torch.zeros_like(valid), *masks])
     values = evaluate_masks(tracer, masks, batches, metric, intervention, means=means).mean(1).double()
@@ -76,14 +81,14 @@ def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metri
         raise FloatingPointError(f"the metric does not change between the full model ({full:.4g}) and the empty "
                                  f"circuit ({empty:.4g}): faithfulness is undefined; use other prompts or a metric")
     return pd.DataFrame(dict(
-        fraction=list(fractions), n_edges=[s[1] for s in sizes], n_nodes=[s[2] for s in sizes],
+        fraction=list(fractions), n_edges=[s[0] for s in sizes], n_nodes=[s[1] for s in sizes],
         metric=values[2:].tolist(), metric_full=full, metric_empty=empty,
-        faithfulness=((values[2:] - empty) / gap).tolist(), selection=selection, absolute=absolute,
+        faithfulness=((values[2:] - empty) / gap).tolist(), selection=selection, absolute=absolute, level=level,
     ))
 
 
 def area_scores(curve: pd.DataFrame) -> dict[str, float]:
-    """MIB's CPR (area under f) and CMD (area under |1 − f|) over the curve's edge fractions (trapezoids)."""
+    """MIB's CPR (area under f) and CMD (area under |1 − f|) over the curve's edge or node fractions (trapezoids)."""
     x = curve["fraction"].to_numpy(dtype=float)
     f = curve["faithfulness"].to_numpy(dtype=float)
     return dict(cpr=float(np.trapezoid(f, x)), cmd=float(np.trapezoid(np.abs(1 - f), x)))

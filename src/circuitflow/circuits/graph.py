@@ -14,7 +14,9 @@ edge u → v exists when u is computed before v reads the residual stream: heads
 only in sequential blocks (not in parallel GPT-NeoX/GPT-J blocks).
 
 A :class:`Graph` holds a dense ``scores[n_up, n_down]`` tensor, the ``valid`` edge mask and the ``in_graph`` circuit
-mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. Graphs save to ``.pt`` and load back,
+mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. A circuit is edge-level (any set of
+edges) or node-level (``node_in_graph``, a set of upstream nodes; ``in_graph`` is then exactly the valid outgoing
+edges of those nodes, which is what evaluation cuts around). Graphs save to ``.pt`` and load back,
 export a readable ``.json``, and convert to and from EAP-IG / MIB's JSON format (:mod:`.interop`).
 """
 
@@ -34,6 +36,13 @@ from circuitflow.io import atomic_path
 from circuitflow.names import component_name
 
 Selection = Literal["topn", "threshold", "greedy"]
+Level = Literal["edge", "node"]
+
+
+def check_level(level: str) -> None:
+    """Refuse a circuit level other than ``edge`` or ``node`` with a one-line error."""
+    if level not in ("edge", "node"):
+        raise ValueError(f"unknown circuit level {level!r}: use edge or node")
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Graph:
     in_graph: Tensor  # [n_up, n_down], bool
     meta: dict = field(default_factory=dict)
     node_scores: Tensor | None = None  # [n_up]: Δ_u · ∂L/∂z_u = the sum of u's outgoing edge scores
+    node_in_graph: Tensor | None = None  # [n_up] bool: the nodes of a node-level circuit; None for edge-level ones
 
     # ---------------------------------------------------------------- construction and indexing
     @classmethod
@@ -137,8 +147,25 @@ class Graph:
         owner[self.logits_down, self.n_up] = True
         return owner
 
+    @property
+    def level(self) -> Level:
+        """``node`` when the circuit is a set of nodes (:meth:`set_nodes`), else ``edge``."""
+        return "edge" if self.node_in_graph is None else "node"
+
+    def set_nodes(self, nodes: Tensor) -> Graph:
+        """Make the circuit node-level (in place): the upstream nodes with ``nodes[u]`` (``[n_up]`` bool) keep all
+        their valid outgoing edges, every other node has all of its outgoing edges intervened."""
+        if nodes.shape != (self.n_up,):
+            raise ValueError(f"node mask has shape {tuple(nodes.shape)}; a node-level circuit needs [{self.n_up}]")
+        self.node_in_graph = nodes.bool().clone()
+        self.in_graph = self.valid & self.node_in_graph[:, None]
+        return self
+
     def nodes_in_graph(self) -> Tensor:
-        """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits."""
+        """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits. At
+        node level: the circuit's nodes and the logits."""
+        if self.node_in_graph is not None:
+            return torch.cat([self.node_in_graph, torch.ones(1, dtype=torch.bool)])
         owner = self.down_owner()
         writes = self.in_graph.any(1)
         reads = (self.in_graph.any(0)[:, None] & owner).any(0)
@@ -146,6 +173,9 @@ class Graph:
 
     def prune(self) -> Graph:
         """Keep only circuit edges on a path from the input to the logits (in place; returns self)."""
+        if self.node_in_graph is not None:
+            raise ValueError("prune works on edge-level circuits; a node-level circuit keeps every outgoing edge of "
+                             "its nodes (select at level='edge' to prune)")
         owner = self.down_owner().float()
         edges = self.in_graph.float()
         forward = torch.zeros(self.n_up + 1)
@@ -160,24 +190,41 @@ class Graph:
         return self
 
     # ---------------------------------------------------------------- selection
-    def _ranked(self, absolute: bool) -> Tensor:
+    def _ranked(self, absolute: bool, level: Level = "edge") -> Tensor:
+        """Edge scores ``[n_up, n_down]`` (invalid edges -inf) or node scores ``[n_up]``, absolute or signed."""
+        check_level(level)
+        if level == "node":
+            if self.node_scores is None:
+                raise ValueError("node-level selection needs graph.node_scores (attribute() sets them; for a graph "
+                                 "without them set graph.node_scores = graph.scores.sum(1))")
+            return self.node_scores.abs() if absolute else self.node_scores
         values = self.scores.abs() if absolute else self.scores
         return values.masked_fill(~self.valid, -math.inf)
 
-    def select_topn(self, n: int, absolute: bool = True) -> Graph:
-        """The ``n`` edges with the highest (absolute or signed) scores form the circuit (in place)."""
-        ranked = self._ranked(absolute).flatten()
-        self.in_graph = torch.zeros_like(self.in_graph)
-        n = min(n, int(self.valid.sum()))
+    def select_topn(self, n: int, absolute: bool = True, *, level: Level = "edge") -> Graph:
+        """The ``n`` edges (or, at node level, upstream nodes) with the highest (absolute or signed) scores form the
+        circuit (in place)."""
+        ranked = self._ranked(absolute, level).flatten()
+        chosen = torch.zeros(ranked.shape, dtype=torch.bool)
+        n = min(n, self.n_valid_edges if level == "edge" else self.n_up)
         if n > 0:
-            self.in_graph.view(-1)[ranked.topk(n).indices] = True
-        self.meta["selection"] = dict(method="topn", n=n, absolute=absolute)
+            chosen[ranked.topk(n).indices] = True
+        if level == "node":
+            self.set_nodes(chosen)
+        else:
+            self.in_graph, self.node_in_graph = chosen.view(self.n_up, self.n_down), None
+        self.meta["selection"] = dict(method="topn", n=n, absolute=absolute, level=level)
         return self
 
-    def select_threshold(self, threshold: float, absolute: bool = True) -> Graph:
-        """Edges whose (absolute or signed) score is at least ``threshold`` form the circuit (in place)."""
-        self.in_graph = self.valid & (self._ranked(absolute) >= threshold)
-        self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute)
+    def select_threshold(self, threshold: float, absolute: bool = True, *, level: Level = "edge") -> Graph:
+        """Edges (or, at node level, upstream nodes) whose (absolute or signed) score is at least ``threshold`` form
+        the circuit (in place)."""
+        chosen = self._ranked(absolute, level) >= threshold
+        if level == "node":
+            self.set_nodes(chosen)
+        else:
+            self.in_graph, self.node_in_graph = self.valid & chosen, None
+        self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute, level=level)
         return self
 
     def select_greedy(self, n: int, absolute: bool = True) -> Graph:
@@ -197,17 +244,21 @@ class Graph:
             up, down = divmod(best, self.n_down)
             chosen[up, down] = True
             in_nodes[up] = True
-        self.in_graph = chosen
-        self.meta["selection"] = dict(method="greedy", n=int(chosen.sum()), absolute=absolute)
+        self.in_graph, self.node_in_graph = chosen, None
+        self.meta["selection"] = dict(method="greedy", n=int(chosen.sum()), absolute=absolute, level="edge")
         return self
 
-    def select(self, method: Selection, size: float, absolute: bool = True) -> Graph:
-        """Dispatch to :meth:`select_topn`, :meth:`select_threshold` or :meth:`select_greedy`."""
+    def select(self, method: Selection, size: float, absolute: bool = True, *, level: Level = "edge") -> Graph:
+        """Dispatch to :meth:`select_topn`, :meth:`select_threshold` or :meth:`select_greedy` at ``level``."""
+        check_level(level)
         if method == "topn":
-            return self.select_topn(int(size), absolute)
+            return self.select_topn(int(size), absolute, level=level)
         if method == "threshold":
-            return self.select_threshold(float(size), absolute)
+            return self.select_threshold(float(size), absolute, level=level)
         if method == "greedy":
+            if level == "node":
+                raise ValueError("greedy selection is edge-level (every node writes to the logits, so growing a node "
+                                 "circuit from them is top-n): use topn or threshold at level='node'")
             return self.select_greedy(int(size), absolute)
         raise ValueError(f"unknown selection {method!r}: use topn, threshold or greedy")
 
@@ -223,7 +274,8 @@ class Graph:
 
     @property
     def n_nodes(self) -> int:
-        """Nodes in the circuit (writers or readers of a circuit edge, the logits included)."""
+        """Nodes in the circuit (writers or readers of a circuit edge, the logits included; at node level the
+        circuit's nodes and the logits)."""
         return int(self.nodes_in_graph().sum())
 
     # ---------------------------------------------------------------- persistence
@@ -232,7 +284,7 @@ class Graph:
         after the file it writes, so saving to the temporary path would put its random name into the bytes."""
         state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                      parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
-                     node_scores=self.node_scores)
+                     node_scores=self.node_scores, node_in_graph=self.node_in_graph)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         with atomic_path(path) as tmp:
@@ -244,12 +296,16 @@ class Graph:
         return cls(**torch.load(path, map_location="cpu", weights_only=False))
 
     def to_json(self, path: Path | str) -> None:
-        """Write a readable ``.json``: shape, metadata, and every valid edge with its score and membership."""
+        """Write a readable ``.json``: shape, metadata, the circuit's level (and its nodes at node level), and every
+        valid edge with its score and membership."""
         ups, downs = self.upstream_names(), self.downstream_names()
         idx = self.valid.nonzero().tolist()
         edges = [dict(source=ups[u], target=downs[d], score=float(self.scores[u, d]),
                       in_graph=bool(self.in_graph[u, d])) for u, d in idx]
         doc = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, parallel=self.parallel,
-                   meta=self.meta, n_edges_in_graph=self.n_edges, n_nodes_in_graph=self.n_nodes, edges=edges)
+                   meta=self.meta, level=self.level, n_edges_in_graph=self.n_edges, n_nodes_in_graph=self.n_nodes,
+                   edges=edges)
+        if self.node_in_graph is not None:
+            doc["nodes_in_graph"] = [ups[u] for u in self.node_in_graph.nonzero().flatten().tolist()]
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1))

@@ -12,6 +12,11 @@ Writers are named as in :class:`Graph`; readers are ``a{l}.h{h}<q|k|v>`` (one pe
 ``logits``. ``n_key_value_heads`` is ours (EAP-IG ignores extra cfg keys); node ``score`` is written when the graph
 has node scores; a top-level ``meta`` carries :attr:`Graph.meta`.
 
+Levels: for an edge-level circuit a node's ``in_graph`` is EAP-IG's (an outgoing and an incoming circuit edge); for
+a node-level circuit it is the circuit's node set and every edge out of a circuit node is ``in_graph`` (EAP-IG's
+``level="node"``). Importing reads a node-level circuit when ``level="node"`` is passed or ``meta.selection.level``
+says so: the nodes' ``in_graph`` is then the circuit and the edges' follows from it.
+
 Grouped-query attention: EAP-IG ungroups key/value heads, so it has a key and a value input per query head, while
 ours are per key/value head (the input the group shares). The gradient at the shared input is the sum of the
 group's query heads' gradients, so importing *sums* the group's scores (exact) and keeps the edge in the circuit
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from circuitflow.circuits.graph import Graph
+from circuitflow.circuits.graph import Graph, Level, check_level
 from circuitflow.io import atomic_path
 
 
@@ -65,7 +70,7 @@ def to_eap_dict(graph: Graph, *, d_model: int | None = None) -> dict:
     scores = graph.scores.double()[:, owner] / shared_by[owner]
     in_eap = graph.in_graph[:, owner] & graph.valid[:, owner]
     writers = graph.upstream_names()
-    node_in = _node_in_graph(graph, in_eap, owner)
+    node_in = _node_in_graph(graph, in_eap, owner) if graph.node_in_graph is None else graph.node_in_graph
     nodes = {}
     for u, name in enumerate(writers):
         nodes[name] = {"in_graph": bool(node_in[u])}
@@ -96,9 +101,20 @@ def _shape(doc: dict, n_kv_heads: int | None, source: str) -> tuple[int, int, in
     return int(cfg["n_layers"]), n_heads, n_kv, bool(cfg["parallel_attn_mlp"])
 
 
-def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, source: str = "graph JSON") -> Graph:
+def _node_mask(doc: dict, writers: list[str], source: str) -> Tensor:
+    """``[n_up]`` the nodes' ``in_graph`` flags of a node-level circuit, with a one-line error for a missing one."""
+    missing = [name for name in writers if "in_graph" not in doc["nodes"].get(name, {})]
+    if missing:
+        raise ValueError(f"{source}: node {missing[0]!r} has no in_graph; a node-level circuit needs every node's "
+                         f"in_graph (or import it with level='edge')")
+    return torch.tensor([bool(doc["nodes"][name]["in_graph"]) for name in writers])
+
+
+def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, level: Level | None = None,
+                  source: str = "graph JSON") -> Graph:
     """A :class:`Graph` from an EAP-IG/MIB JSON document. ``n_kv_heads`` (the model's key/value heads) defaults to
-    ``cfg["n_key_value_heads"]``, else ``n_heads``; pass it to import an ungrouped EAP-IG graph of a GQA model."""
+    ``cfg["n_key_value_heads"]``, else ``n_heads``; pass it to import an ungrouped EAP-IG graph of a GQA model.
+    ``level`` defaults to ``meta.selection.level`` if the document has one, else ``edge``."""
     n_layers, n_heads, n_kv, parallel = _shape(doc, n_kv_heads, source)
     graph = Graph.empty(n_layers, n_heads, n_kv, parallel, meta=dict(doc.get("meta") or {}))
     if "d_model" in doc["cfg"]:
@@ -124,8 +140,8 @@ def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, source: str = "gr
                          f"'{graph.upstream_names()[u]}->{readers[j]}'); EAP-IG's to_json writes every edge")
     for name, node in doc["nodes"].items():
         if "neurons" in node and not all(node["neurons"]):
-            raise ValueError(f"{source}: node {name!r} keeps only some of its neurons; circuitflow graphs are "
-                             f"edge-level: export the circuit without neuron masks")
+            raise ValueError(f"{source}: node {name!r} keeps only some of its neurons; circuitflow circuits are "
+                             f"edge- or node-level: export the circuit without neuron masks")
     to_ours = torch.zeros(len(readers), graph.n_down, dtype=torch.float64)
     to_ours[torch.arange(len(readers)), owner] = 1
     graph.scores = (scores @ to_ours).float()
@@ -133,6 +149,10 @@ def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, source: str = "gr
     writers = graph.upstream_names()
     if all("score" in doc["nodes"].get(name, {}) for name in writers):
         graph.node_scores = torch.tensor([float(doc["nodes"][name]["score"]) for name in writers])
+    level = level or graph.meta.get("selection", {}).get("level", "edge")
+    check_level(level)
+    if level == "node":
+        graph.set_nodes(_node_mask(doc, writers, source))
     return graph
 
 
@@ -143,6 +163,7 @@ def to_eap_json(graph: Graph, path: Path | str, *, d_model: int | None = None) -
         tmp.write_text(json.dumps(doc))
 
 
-def from_eap_json(path: Path | str, *, n_kv_heads: int | None = None) -> Graph:
-    """Read an EAP-IG/MIB JSON graph file (e.g. from EAP-IG's ``Graph.to_json``) as a :class:`Graph`."""
-    return from_eap_dict(json.loads(Path(path).read_text()), n_kv_heads=n_kv_heads, source=str(path))
+def from_eap_json(path: Path | str, *, n_kv_heads: int | None = None, level: Level | None = None) -> Graph:
+    """Read an EAP-IG/MIB JSON graph file (e.g. from EAP-IG's ``Graph.to_json``) as a :class:`Graph`; ``level`` as
+    in :func:`from_eap_dict`."""
+    return from_eap_dict(json.loads(Path(path).read_text()), n_kv_heads=n_kv_heads, level=level, source=str(path))
