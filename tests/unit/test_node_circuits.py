@@ -100,6 +100,9 @@ def test_node_circuit_equals_exact_node_patching(tiny, scored, seed):
     assert (expected - clean).abs().max() > 1e-3  # the patch matters
     torch.testing.assert_close(evaluate_graph(bridge, graph, [batch], logit_diff, tracer=tracer), expected,
                                rtol=1e-6, atol=1e-6)
+    graph.in_graph[0, -1] = not graph.in_graph[0, -1]  # an edit that breaks the node circuit is refused
+    with pytest.raises(ValueError, match="in_graph no longer matches node_in_graph"):
+        evaluate_graph(bridge, graph, [batch], logit_diff, tracer=tracer)
 
 
 def test_node_topn_and_threshold_pick_the_nodes_with_the_largest_scores(scored):

@@ -49,7 +49,7 @@ def evaluate_graph(bridge, graph: Graph, batches: Sequence[PairBatch], metric: M
     """``[N]``: the per-example metric with ``graph.in_graph`` as the circuit (at node level, the valid outgoing
     edges of ``graph.node_in_graph``)."""
     tracer = tracer or Tracer(bridge)
-    return evaluate_masks(tracer, graph.in_graph.unsqueeze(0), batches, metric, intervention, means=means)[0]
+    return evaluate_masks(tracer, graph.circuit_edges().unsqueeze(0), batches, metric, intervention, means=means)[0]
 
 
 def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,

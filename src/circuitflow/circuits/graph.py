@@ -161,6 +161,14 @@ class Graph:
         self.in_graph = self.valid & self.node_in_graph[:, None]
         return self
 
+    def circuit_edges(self) -> Tensor:
+        """``in_graph``, the edge mask evaluation cuts around; refuses a node-level graph whose ``in_graph`` was edited
+        away from its nodes' outgoing edges."""
+        if self.node_in_graph is not None and not torch.equal(self.in_graph, self.valid & self.node_in_graph[:, None]):
+            raise ValueError("in_graph no longer matches node_in_graph (edited after node-level selection): call "
+                             "graph.set_nodes(...) again, or set graph.node_in_graph = None for an edge-level circuit")
+        return self.in_graph
+
     def nodes_in_graph(self) -> Tensor:
         """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits. At
         node level: the circuit's nodes and the logits."""

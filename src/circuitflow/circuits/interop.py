@@ -68,7 +68,7 @@ def to_eap_dict(graph: Graph, *, d_model: int | None = None) -> dict:
     readers, owner = eap_readers(graph)
     shared_by = torch.bincount(owner, minlength=graph.n_down).double()  # EAP-IG readers per reader of ours
     scores = graph.scores.double()[:, owner] / shared_by[owner]
-    in_eap = graph.in_graph[:, owner] & graph.valid[:, owner]
+    in_eap = graph.circuit_edges()[:, owner] & graph.valid[:, owner]
     writers = graph.upstream_names()
     node_in = _node_in_graph(graph, in_eap, owner) if graph.node_in_graph is None else graph.node_in_graph
     nodes = {}
