@@ -227,6 +227,19 @@ def test_report_items(run):
     assert "toy-lora" in pages["accuracy.html"] and "EAP-IG-inputs" in pages["circuit_cpr.html"]
 
 
+def test_results_are_readable_by_the_group(run):
+    """Every output gets the umask's modes (atomic writes go through private temp files): colleagues on a shared
+    folder can open the report and tables."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    if umask & 0o040:
+        pytest.skip(f"this umask ({umask:03o}) hides files from the group")
+    private = [str(p.relative_to(run.results)) for p in run.results.rglob("*") if not p.stat().st_mode & 0o040]
+    assert not private, f"not group-readable: {private[:10]}"
+
+
 def test_figures_are_pngs(run):
     for png in (run.results / "figures").rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
