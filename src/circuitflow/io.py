@@ -52,13 +52,16 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds, with the umask's
-    mode."""
+    modes on it and everything in it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        os.chmod(tmp, umask_mode(directory=True))
+        for folder, _, files in os.walk(tmp):  # writers such as safetensors create private (0600) files
+            os.chmod(folder, umask_mode(directory=True))
+            for name in files:
+                os.chmod(os.path.join(folder, name), umask_mode(directory=False))
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -55,6 +55,9 @@ def test_write_parquet_stores_provenance_and_keeps_pandas_attrs(tmp_path):
 def test_atomic_outputs_get_the_umask_modes_not_private_ones(tmp_path):
     import os
 
+    import torch
+    from safetensors.torch import save_file
+
     from circuitflow.io import atomic_dir, write_json
 
     old = os.umask(0o022)
@@ -63,6 +66,7 @@ def test_atomic_outputs_get_the_umask_modes_not_private_ones(tmp_path):
         write_json({"a": 1}, tmp_path / "t.json")
         with atomic_dir(tmp_path / "d") as folder:
             (folder / "f").write_text("x")
+            save_file({"w": torch.zeros(2)}, str(folder / "w.safetensors"))  # safetensors writes 0600 files
         os.umask(0o077)
         write_json({"a": 1}, tmp_path / "private.json")
     finally:
@@ -70,6 +74,7 @@ def test_atomic_outputs_get_the_umask_modes_not_private_ones(tmp_path):
     assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "t.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d/w.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
 
 

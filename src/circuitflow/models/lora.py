@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from circuitflow.io import write_json
+from circuitflow.io import atomic_path, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -128,5 +128,6 @@ def export_raw_lora(peft_dir: Path, out_file: Path) -> float:
         for part in ("lora_A", "lora_B"):
             key = key.replace(f".{part}.weight", f".{part}")
         raw[key] = value.contiguous()
-    save_file(raw, str(out_file))
+    with atomic_path(out_file) as tmp:
+        save_file(raw, str(tmp))
     return config["lora_alpha"] / config["r"]
