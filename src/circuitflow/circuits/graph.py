@@ -209,6 +209,14 @@ class Graph:
         values = self.scores.abs() if absolute else self.scores
         return values.masked_fill(~self.valid, -math.inf)
 
+    def _set_circuit(self, chosen: Tensor, level: Level) -> None:
+        """Make ``chosen`` the circuit: upstream nodes ``[n_up]`` at node level, edges ``[n_up, n_down]`` (valid ones
+        only) at edge level."""
+        if level == "node":
+            self.set_nodes(chosen)
+        else:
+            self.in_graph, self.node_in_graph = self.valid & chosen, None
+
     def select_topn(self, n: int, absolute: bool = True, *, level: Level = "edge") -> Graph:
         """The ``n`` edges (or, at node level, upstream nodes) with the highest (absolute or signed) scores form the
         circuit (in place)."""
@@ -217,21 +225,14 @@ class Graph:
         n = min(n, self.n_valid_edges if level == "edge" else self.n_up)
         if n > 0:
             chosen[ranked.topk(n).indices] = True
-        if level == "node":
-            self.set_nodes(chosen)
-        else:
-            self.in_graph, self.node_in_graph = chosen.view(self.n_up, self.n_down), None
+        self._set_circuit(chosen if level == "node" else chosen.view(self.n_up, self.n_down), level)
         self.meta["selection"] = dict(method="topn", n=n, absolute=absolute, level=level)
         return self
 
     def select_threshold(self, threshold: float, absolute: bool = True, *, level: Level = "edge") -> Graph:
         """Edges (or, at node level, upstream nodes) whose (absolute or signed) score is at least ``threshold`` form
         the circuit (in place)."""
-        chosen = self._ranked(absolute, level) >= threshold
-        if level == "node":
-            self.set_nodes(chosen)
-        else:
-            self.in_graph, self.node_in_graph = self.valid & chosen, None
+        self._set_circuit(self._ranked(absolute, level) >= threshold, level)
         self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute, level=level)
         return self
 
