@@ -8,10 +8,11 @@
   each key/value head's k and v, each MLP input, the logits) is rebuilt from the d_head-wide gradients at
   ``hook_q/k/v`` through ``W_Q/K/V`` and the norm's vector-Jacobian product (see :mod:`.anatomy`), and dotted with
   the upstream differences Δ straight away, so scores accumulate in a ``[n_up, n_down]`` matrix and no
-  ``[batch, pos, head, d_head, d_model]`` tensor is ever formed;
+  ``[batch, pos, head, d_head, d_model]`` tensor is ever formed; the scores can keep positions apart
+  (position-aware circuits) and split each node's score over its output dimensions (neuron-level circuits);
 * :meth:`Tracer.run_masked` — a forward where every downstream input v receives Σ Δ_u over the upstream nodes u
-  whose edge u → v is masked out (circuit evaluation and exact edge patching); several masks run at once, stacked
-  in the batch dimension.
+  whose edge u → v is masked out (circuit evaluation and exact edge patching), optionally at single positions or
+  on single output dimensions of nodes; several masks run at once, stacked in the batch dimension.
 """
 
 from __future__ import annotations
@@ -126,9 +127,14 @@ class Tracer:
 
     # ------------------------------------------------------------------ gradients at downstream inputs
     def gradient_pass(self, batch: PairBatch, clean_logits: Tensor, metric: Metric, delta: Tensor, scores: Tensor, *,
-                      edits: list[Edit] = (), up: slice = slice(None), weight: float = 1.0) -> None:
+                      edits: list[Edit] = (), up: slice = slice(None), weight: float = 1.0,
+                      unit_scores: Tensor | None = None) -> None:
         """One forward/backward on ``batch.clean`` with ``edits`` applied; add ``weight · Σ_examples Σ_pos
-        Δ_u · ∂L/∂x_v`` to ``scores[u, v]`` for upstream nodes u in ``up`` (L = Σ of the per-example metric)."""
+        Δ_u · ∂L/∂x_v`` to ``scores[u, v]`` for upstream nodes u in ``up`` (L = Σ of the per-example metric).
+
+        ``scores`` ``[n_up, n_down, pos]`` keeps positions apart (the sum over examples only). ``unit_scores``
+        ``[n_up, d_model]``, if given, receives ``weight · Σ_examples Σ_pos Δ_u[i] · Σ_v ∂L/∂x_v[i]`` over the
+        downstream inputs v that read u: the node score split over the output dimensions i of u."""
         a, g = self.anatomy, self.shape
         fwd: list = []
         store: dict[str, Tensor] = {}
@@ -164,15 +170,24 @@ class Tracer:
 
         start, stop, _ = up.indices(g.n_up)
         # upstream-major ([u, b * pos * d]), copied once: each downstream input then reads a contiguous block of rows
-        delta_up = delta[:, :, start:stop].permute(2, 0, 1, 3).reshape(stop - start, -1)
+        if scores.dim() == 2:
+            delta_up = delta[:, :, start:stop].permute(2, 0, 1, 3).reshape(stop - start, -1)
 
         def accumulate(n_before: int, cols: slice | int, grad_x: Tensor) -> None:
             hi = min(stop, n_before)
-            if hi > start:
-                grad_x = grad_x.to(delta.device, delta.dtype)
+            if hi <= start:
+                return
+            grad_x = grad_x.to(delta.device, delta.dtype)  # [b, pos, n, d]
+            if scores.dim() == 3:  # per position: Σ_b Σ_d Δ_u[b, p] · grad_v[b, p]
+                part = torch.einsum("bpud,bpnd->unp", delta[:, :, start:hi], grad_x)
+                scores[start:hi, cols] += weight * part.to(scores.dtype)
+            else:
                 grad_rows = grad_x.permute(2, 0, 1, 3).reshape(grad_x.shape[2], -1)  # [n, b * pos * d]
                 part = delta_up[: hi - start] @ grad_rows.T
                 scores[start:hi, cols] += weight * part.to(scores.dtype).reshape(hi - start, -1)
+            if unit_scores is not None:
+                part = torch.einsum("bpud,bpd->ud", delta[:, :, start:hi], grad_x.sum(2))
+                unit_scores[start:hi] += weight * part.to(unit_scores.dtype)
 
         for layer, la in enumerate(a.layers):
             cotangent = torch.cat([torch.einsum("bphe,hde->bphd", grads[f"{r}{layer}"], w)
@@ -193,28 +208,46 @@ class Tracer:
 
     # ------------------------------------------------------------------ masked forward (evaluation, exact patching)
     @torch.no_grad()
-    def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor) -> Tensor:
+    def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor, *, cut_units: Tensor | None = None
+                   ) -> Tensor:
         """Logits ``[n_masks * batch, pos, vocab]`` when every downstream input v receives Σ_u Δ_u over the
-        upstream u with ``missing[i, u, v]`` (``missing`` is ``[n_masks, n_up, n_down]`` bool; mask i runs on rows
-        ``i*batch … (i+1)*batch-1``). Δ_u = reference_u − u's output in this very run."""
+        upstream u with ``missing[i, u, v]`` (``missing`` is ``[n_masks, n_up, n_down]`` bool or weights; mask i runs
+        on rows ``i*batch … (i+1)*batch-1``). Δ_u = reference_u − u's output in this very run.
+
+        ``missing`` ``[n_masks, n_up, n_down, pos]`` cuts edges at single positions: x_v at position p receives Δ_u
+        at p where ``missing[i, u, v, p]``. ``cut_units`` ``[n_masks, n_up, d_model]`` (0/1 or weights) intervenes on
+        output dimensions of nodes along their edges that ``missing`` keeps: such an edge carries ``cut_units[i, u] ⊙
+        Δ_u`` (a neuron-level circuit keeps the dimensions with 0)."""
         a, g = self.anatomy, self.shape
         n_masks, b = missing.shape[0], len(batch)
         missing = missing.to(self.device)
         tokens = batch.clean.to(self.device).repeat(n_masks, 1)
         pos = tokens.shape[1]
+        if missing.dim() == 4 and missing.shape[3] != pos:
+            raise ValueError(f"the position-resolved mask covers {missing.shape[3]} positions but the prompts have {pos}")
         # Δ of the nodes computed so far, upstream-major ([mask, u, b, pos, d]): the Δ of the first n nodes of a mask
         # is then one contiguous block, so gathering them for a downstream input copies nothing
         ref = reference.expand(b, pos, g.n_up, a.d_model).permute(2, 0, 1, 3)
         cur = torch.zeros(n_masks, g.n_up, b, pos, a.d_model, dtype=reference.dtype, device=self.device)
+        if cut_units is not None:
+            cut_units = cut_units.to(self.device, cur.dtype)[:, :, None, None, :]  # [mask, u, 1, 1, d]
         store: dict[str, Tensor] = {}
+
+        def gather(sel: Tensor, d: Tensor) -> Tensor:
+            """``[mask, n, b, pos, d]``: Σ_u sel[m, u, n(, p)] · d[m, u, b, p, :]."""
+            if sel.dim() == 4:
+                return torch.einsum("mukp,mubpd->mkbpd", sel.to(d.dtype), d)
+            out = torch.bmm(sel.transpose(1, 2).to(d.dtype), d.flatten(2))  # [mask, n, b * pos * d]
+            return out.unflatten(2, (b, pos, a.d_model))
 
         def shift(n_before: int, cols: slice) -> Tensor | None:
             sel = missing[:, :n_before, cols]
-            if not sel.any():
+            if cut_units is None and not sel.any():
                 return None
-            d = cur[:, :n_before].flatten(2)  # [mask, u, b * pos * d]
-            out = torch.bmm(sel.transpose(1, 2).to(d.dtype), d)  # [mask, n, b * pos * d]
-            return out.unflatten(2, (b, pos, a.d_model)).permute(0, 2, 3, 1, 4).flatten(0, 1)
+            out = gather(sel, cur[:, :n_before])
+            if cut_units is not None:
+                out = out + gather(1 - sel.to(cur.dtype), cur[:, :n_before] * cut_units[:, :n_before])
+            return out.permute(0, 2, 3, 1, 4).flatten(0, 1)  # [mask * b, pos, n, d]
 
         def set_delta(nodes, value_fn, tensor, hook):
             value = value_fn(tensor).unflatten(0, (n_masks, b)).permute(0, 3, 1, 2, 4)  # [mask, k, b, pos, d]
