@@ -74,6 +74,63 @@ def exact_edge_scores(tracer: Tracer, batch: PairBatch, clean_logits: Tensor, re
     return out
 
 
+def edge_scores(
+    tracer: Tracer,
+    batches: Sequence[PairBatch],
+    metric: Metric,
+    method: Method = "EAP-IG-inputs",
+    intervention: Intervention = "patching",
+    *,
+    ig_steps: int = 5,
+    means: Tensor | None = None,
+    per_position: bool = False,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor | None, int]:
+    """Summed over all examples: edge scores ``[n_up, n_down]`` (``per_position``: ``[n_up, n_down, pos]``, for
+    prompts of one token length), node scores split over output dimensions ``[n_up, d_model]`` (None for ``exact``)
+    and the number of examples. float64 on the tracer's device; :func:`attribute` averages them into a graph."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if ig_steps < 1:
+        raise ValueError(f"ig_steps={ig_steps} must be at least 1")
+    g, d_model = tracer.shape, tracer.anatomy.d_model
+    lengths = {int(batch.clean.shape[1]) for batch in batches}
+    if per_position and len(lengths) > 1:
+        raise ValueError(f"position-aware scores need prompts of one token length, got lengths {sorted(lengths)}: "
+                         "use one template (or filter the prompts by prompt_len)")
+    if per_position and method == "exact":
+        raise ValueError("exact scores are edge-level here; exact position-aware scores: circuits.positions")
+    shape = (g.n_up, g.n_down, *lengths) if per_position else (g.n_up, g.n_down)
+    scores = torch.zeros(shape, dtype=torch.float64, device=tracer.device)  # float64 through the mean
+    units = None if method == "exact" else torch.zeros(g.n_up, d_model, dtype=torch.float64, device=tracer.device)
+    n_examples = 0
+    for batch in tqdm(batches, desc=method, disable=not progress, mininterval=5):
+        batch = batch.to(tracer.device)
+        reference = tracer.reference(batch, intervention, means)
+        if method == "exact":
+            clean_logits, _ = tracer.capture(batch.clean, {})
+            scores += exact_edge_scores(tracer, batch, clean_logits, reference, metric)
+        else:
+            clean_logits, clean_up = tracer.outputs(batch.clean)
+            delta = reference - clean_up
+            if method == "EAP-IG-activations":
+                for hook, nodes in upstream_groups(tracer):
+                    for k in range(1, ig_steps + 1):
+                        tracer.gradient_pass(batch, clean_logits, metric, delta, scores,
+                                             edits=[(hook, nodes, 1 - k / ig_steps)], up=nodes, weight=1 / ig_steps,
+                                             unit_scores=units)
+            else:
+                alphas = input_alphas(method, ig_steps)
+                for alpha in alphas:
+                    edits = [(tracer.anatomy.input_hook, slice(0, 1), 1 - alpha)] if alpha != 1 else []
+                    tracer.gradient_pass(batch, clean_logits, metric, delta, scores, edits=edits,
+                                         weight=1 / len(alphas), unit_scores=units)
+        n_examples += len(batch)
+    if n_examples == 0:
+        raise ValueError("attribute() got no prompt pairs")
+    return scores, units, n_examples
+
+
 def attribute(
     bridge,
     batches: Sequence[PairBatch],
@@ -89,43 +146,18 @@ def attribute(
     """Score every edge of ``bridge``'s graph on ``batches`` with ``method`` (see the module docstring).
 
     ``means`` (from :meth:`Tracer.means`) is needed for the mean interventions. Returns a :class:`Graph` whose
-    ``scores`` are averaged over all examples (so splitting the batches differently gives the same scores) and
-    whose ``node_scores`` are Δ_u · ∂L/∂z_u (the row sums), both float64. Every valid edge starts in the circuit.
+    ``scores`` are averaged over all examples (so splitting the batches differently gives the same scores), whose
+    ``node_scores`` are Δ_u · ∂L/∂z_u (the row sums) and whose ``neuron_scores`` ``[n_up, d_model]`` split each node
+    score over the node's output dimensions (not for ``exact``), all float64. Every valid edge starts in the circuit.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if ig_steps < 1:
-        raise ValueError(f"ig_steps={ig_steps} must be at least 1")
     tracer = tracer or Tracer(bridge)
     g = tracer.shape
-    scores = torch.zeros(g.n_up, g.n_down, dtype=torch.float64, device=tracer.device)  # float64 through the mean
-    n_examples = 0
-    for batch in tqdm(batches, desc=method, disable=not progress, mininterval=5):
-        batch = batch.to(tracer.device)
-        reference = tracer.reference(batch, intervention, means)
-        if method == "exact":
-            clean_logits, _ = tracer.capture(batch.clean, {})
-            scores += exact_edge_scores(tracer, batch, clean_logits, reference, metric)
-        else:
-            clean_logits, clean_up = tracer.outputs(batch.clean)
-            delta = reference - clean_up
-            if method == "EAP-IG-activations":
-                for hook, nodes in upstream_groups(tracer):
-                    for k in range(1, ig_steps + 1):
-                        tracer.gradient_pass(batch, clean_logits, metric, delta, scores,
-                                             edits=[(hook, nodes, 1 - k / ig_steps)], up=nodes, weight=1 / ig_steps)
-            else:
-                alphas = input_alphas(method, ig_steps)
-                for alpha in alphas:
-                    edits = [(tracer.anatomy.input_hook, slice(0, 1), 1 - alpha)] if alpha != 1 else []
-                    tracer.gradient_pass(batch, clean_logits, metric, delta, scores, edits=edits,
-                                         weight=1 / len(alphas))
-        n_examples += len(batch)
-    if n_examples == 0:
-        raise ValueError("attribute() got no prompt pairs")
+    scores, units, n_examples = edge_scores(tracer, batches, metric, method, intervention, ig_steps=ig_steps,
+                                            means=means, progress=progress)
     graph = Graph.empty(g.n_layers, g.n_heads, g.n_kv_heads, g.parallel,
                         meta=dict(method=method, intervention=intervention, n_examples=n_examples,
                                   ig_steps=ig_steps if "IG" in method else None))
     graph.scores = (scores / n_examples).cpu() * graph.valid
     graph.node_scores = graph.scores.sum(1)
+    graph.neuron_scores = None if units is None else (units / n_examples).cpu()
     return graph

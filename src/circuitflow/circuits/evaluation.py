@@ -28,17 +28,23 @@ MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch], metric: Metric,
-                   intervention: Intervention = "patching", *, means: Tensor | None = None) -> Tensor:
-    """``[n_masks, N]`` per-example metric of each circuit mask in ``in_graph`` ``[n_masks, n_up, n_down]``."""
-    missing = tracer.shape.valid.unsqueeze(0) & ~in_graph.bool()
+                   intervention: Intervention = "patching", *, means: Tensor | None = None,
+                   cut_units: Tensor | None = None) -> Tensor:
+    """``[n_masks, N]`` per-example metric of each circuit mask in ``in_graph`` ``[n_masks, n_up, n_down]`` (or
+    ``[n_masks, n_up, n_down, pos]``: edges kept at single positions). ``cut_units`` ``[n_masks, n_up, d_model]``
+    bool: output dimensions of nodes intervened on along the kept edges too (neuron-level circuits)."""
+    valid = tracer.shape.valid.to(in_graph.device)
+    missing = (valid[..., None] if in_graph.dim() == 4 else valid).unsqueeze(0) & ~in_graph.bool()
     rows = []
     for batch in batches:
         batch = batch.to(tracer.device)
         clean_logits, _ = tracer.capture(batch.clean, {})
         reference = tracer.reference(batch, intervention, means)
         chunk = max(1, tracer.rows_per_pass(batch.clean.shape[1]) // len(batch))
-        values = [metric_values(metric, tracer.run_masked(batch, missing[i : i + chunk], reference), clean_logits,
-                                batch).double() for i in range(0, len(missing), chunk)]
+        values = [metric_values(metric, tracer.run_masked(
+            batch, missing[i : i + chunk], reference,
+            cut_units=None if cut_units is None else cut_units[i : i + chunk]), clean_logits, batch).double()
+            for i in range(0, len(missing), chunk)]
         rows.append(torch.cat(values))
     return torch.cat(rows, dim=1).cpu()
 

@@ -59,6 +59,7 @@ class Graph:
     meta: dict = field(default_factory=dict)
     node_scores: Tensor | None = None  # [n_up]: Δ_u · ∂L/∂z_u = the sum of u's outgoing edge scores
     node_in_graph: Tensor | None = None  # [n_up] bool: the nodes of a node-level circuit; None for edge-level ones
+    neuron_scores: Tensor | None = None  # [n_up, d_model]: node_scores split over each node's output dimensions
 
     # ---------------------------------------------------------------- construction and indexing
     @classmethod
@@ -293,7 +294,8 @@ class Graph:
         after the file it writes, so saving to the temporary path would put its random name into the bytes."""
         state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                      parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
-                     node_scores=self.node_scores, node_in_graph=self.node_in_graph)
+                     node_scores=self.node_scores, node_in_graph=self.node_in_graph,
+                     neuron_scores=self.neuron_scores)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         with atomic_path(path) as tmp:
