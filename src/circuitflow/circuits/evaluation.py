@@ -58,6 +58,27 @@ def evaluate_graph(bridge, graph: Graph, batches: Sequence[PairBatch], metric: M
     return evaluate_masks(tracer, graph.circuit_edges().unsqueeze(0), batches, metric, intervention, means=means)[0]
 
 
+def faithfulness_of_masks(tracer: Tracer, masks: Tensor, batches: Sequence[PairBatch], metric: Metric,
+                          intervention: Intervention = "patching", *, means: Tensor | None = None,
+                          cut_units: Tensor | None = None) -> tuple[Tensor, float, float]:
+    """(metric ``[n_masks]`` averaged over examples, m(full), m(∅)) of circuit masks ``[n_masks, n_up, n_down(, pos)]``
+    (``cut_units`` as in :func:`evaluate_masks`), the full and empty circuits evaluated in the same pass; refuses a
+    metric that does not move between them (faithfulness undefined)."""
+    full = tracer.shape.valid.to(masks.device)
+    full = full[..., None].expand(masks.shape[1:]) if masks.dim() == 4 else full
+    stacked = torch.cat([full[None], torch.zeros_like(full)[None], masks.bool()])
+    if cut_units is not None:
+        cut_units = torch.cat([torch.zeros_like(cut_units[:2]), cut_units])
+    values = evaluate_masks(tracer, stacked, batches, metric, intervention, means=means,
+                            cut_units=cut_units).mean(1).double()
+    m_full, m_empty = float(values[0]), float(values[1])
+    gap = m_full - m_empty
+    if not math.isfinite(gap) or abs(gap) < 1e-12:
+        raise FloatingPointError(f"the metric does not change between the full model ({m_full:.4g}) and the empty "
+                                 f"circuit ({m_empty:.4g}): faithfulness is undefined; use other prompts or a metric")
+    return values[2:], m_full, m_empty
+
+
 def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metric: Metric,
                        intervention: Intervention = "patching", *, fractions: Sequence[float] = MIB_FRACTIONS,
                        selection: Selection = "topn", absolute: bool = True, level: Level = "edge",
@@ -78,18 +99,13 @@ def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metri
         masks.append(graph.in_graph.clone())
         sizes.append((graph.n_edges, graph.n_nodes))
     graph.in_graph, graph.node_in_graph, graph.meta = kept
-    valid = tracer.shape.valid
-    masks = torch.stack([valid, torch.zeros_like(valid), *masks])
-    values = evaluate_masks(tracer, masks, batches, metric, intervention, means=means).mean(1).double()
-    full, empty = float(values[0]), float(values[1])
-    gap = full - empty
-    if not math.isfinite(gap) or abs(gap) < 1e-12:
-        raise FloatingPointError(f"the metric does not change between the full model ({full:.4g}) and the empty "
-                                 f"circuit ({empty:.4g}): faithfulness is undefined; use other prompts or a metric")
+    values, full, empty = faithfulness_of_masks(tracer, torch.stack(masks), batches, metric, intervention,
+                                                means=means)
     return pd.DataFrame(dict(
         fraction=list(fractions), n_edges=[s[0] for s in sizes], n_nodes=[s[1] for s in sizes],
-        metric=values[2:].tolist(), metric_full=full, metric_empty=empty,
-        faithfulness=((values[2:] - empty) / gap).tolist(), selection=selection, absolute=absolute, level=level,
+        metric=values.tolist(), metric_full=full, metric_empty=empty,
+        faithfulness=((values - empty) / (full - empty)).tolist(), selection=selection, absolute=absolute,
+        level=level,
     ))
 
 
