@@ -3,10 +3,12 @@
 Evaluating a circuit C: every downstream input x_v receives Σ Δ_u over the upstream nodes u whose edge u → v is
 not in C (Δ_u = reference_u − u's output in that same run), so the full graph gives the clean run and the empty
 graph the fully intervened run. Faithfulness f(C) = (m(C) − m(∅)) / (m(full) − m(∅)) with m the metric averaged
-over examples. Over MIB's circuit sizes (fractions of the edges, or of the upstream nodes for node-level circuits),
-CPR is the area under f and CMD the area under |1 − f| (trapezoids over the fraction; CPR higher is better, CMD
-lower is better). A node-level circuit is evaluated through its edge mask (:meth:`Graph.set_nodes`): the nodes
-outside it have every outgoing edge intervened.
+over examples. Over MIB's circuit sizes (fractions of the edges, of the upstream nodes for node-level circuits, of
+the ``n_up * d_model`` output units for neuron-level ones), CPR is the area under f and CMD the area under |1 − f|
+(trapezoids over the fraction; CPR higher is better, CMD lower is better). Levels
+(``docs/definitions.md#circuit-levels``): a node-level circuit is evaluated through its edge mask
+(:meth:`Graph.set_nodes`): the nodes outside it have every outgoing edge intervened; a neuron-level circuit also
+intervenes, along the kept edges, on the output dimensions it does not keep (:meth:`Graph.cut_units`).
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ def evaluate_graph(bridge, graph: Graph, batches: Sequence[PairBatch], metric: M
                    intervention: Intervention = "patching", *, means: Tensor | None = None,
                    tracer: Tracer | None = None) -> Tensor:
     """``[N]``: the per-example metric with ``graph.in_graph`` as the circuit (at node level, the valid outgoing
-    edges of ``graph.node_in_graph``)."""
+    edges of ``graph.node_in_graph``; at neuron level, those of the nodes with a kept unit, the others intervened)."""
     tracer = tracer or Tracer(bridge)
-    return evaluate_masks(tracer, graph.circuit_edges().unsqueeze(0), batches, metric, intervention, means=means)[0]
+    cut = graph.cut_units()
+    return evaluate_masks(tracer, graph.circuit_edges().unsqueeze(0), batches, metric, intervention, means=means,
+                          cut_units=None if cut is None else cut.unsqueeze(0))[0]
 
 
 def faithfulness_of_masks(tracer: Tracer, masks: Tensor, batches: Sequence[PairBatch], metric: Metric,
@@ -84,33 +88,37 @@ def faithfulness_curve(bridge, graph: Graph, batches: Sequence[PairBatch], metri
                        selection: Selection = "topn", absolute: bool = True, level: Level = "edge",
                        means: Tensor | None = None, tracer: Tracer | None = None) -> pd.DataFrame:
     """Faithfulness of the circuits of ``graph`` at each fraction of its edges (``level="node"``: of its upstream
-    nodes), all sizes evaluated in one batched pass.
+    nodes; ``level="neuron"``: of its ``n_up * d_model`` output units), all sizes evaluated in one batched pass.
 
-    Columns: ``fraction, n_edges, n_nodes, metric, metric_full, metric_empty, faithfulness, selection,
-    absolute, level``; the graph's circuit and metadata are left as they were.
+    Columns: ``fraction, n_edges, n_nodes, n_neurons, metric, metric_full, metric_empty, faithfulness, selection,
+    absolute, level``; ``n_neurons`` counts the output units the circuit keeps (at edge and node level, d_model for
+    each writer with an outgoing circuit edge: :meth:`Graph.count_neurons`). The graph's circuit and metadata are
+    left as they were.
     """
     check_level(level)
     tracer = tracer or Tracer(bridge)
-    kept = graph.in_graph.clone(), graph.node_in_graph, dict(graph.meta)
-    total = graph.n_valid_edges if level == "edge" else graph.n_up
-    masks, sizes = [], []
+    kept = graph.in_graph.clone(), graph.node_in_graph, graph.neuron_in_graph, dict(graph.meta)
+    total = graph.n_units(level)
+    masks, cuts, sizes = [], [], []
     for fraction in fractions:
         graph.select(selection, max(1, math.ceil(fraction * total)), absolute, level=level)
         masks.append(graph.in_graph.clone())
-        sizes.append((graph.n_edges, graph.n_nodes))
-    graph.in_graph, graph.node_in_graph, graph.meta = kept
+        cuts.append(graph.cut_units())
+        sizes.append((graph.n_edges, graph.n_nodes, graph.count_neurons(tracer.anatomy.d_model)))
+    graph.in_graph, graph.node_in_graph, graph.neuron_in_graph, graph.meta = kept
     values, full, empty = faithfulness_of_masks(tracer, torch.stack(masks), batches, metric, intervention,
-                                                means=means)
+                                                means=means, cut_units=torch.stack(cuts) if level == "neuron" else None)
     return pd.DataFrame(dict(
         fraction=list(fractions), n_edges=[s[0] for s in sizes], n_nodes=[s[1] for s in sizes],
-        metric=values.tolist(), metric_full=full, metric_empty=empty,
+        n_neurons=[s[2] for s in sizes], metric=values.tolist(), metric_full=full, metric_empty=empty,
         faithfulness=((values - empty) / (full - empty)).tolist(), selection=selection, absolute=absolute,
         level=level,
     ))
 
 
 def area_scores(curve: pd.DataFrame) -> dict[str, float]:
-    """MIB's CPR (area under f) and CMD (area under |1 − f|) over the curve's edge or node fractions (trapezoids)."""
+    """MIB's CPR (area under f) and CMD (area under |1 − f|) over the curve's edge, node or unit fractions
+    (trapezoids)."""
     x = curve["fraction"].to_numpy(dtype=float)
     f = curve["faithfulness"].to_numpy(dtype=float)
     return dict(cpr=float(np.trapezoid(f, x)), cmd=float(np.trapezoid(np.abs(1 - f), x)))

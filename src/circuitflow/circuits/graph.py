@@ -14,10 +14,13 @@ edge u → v exists when u is computed before v reads the residual stream: heads
 only in sequential blocks (not in parallel GPT-NeoX/GPT-J blocks).
 
 A :class:`Graph` holds a dense ``scores[n_up, n_down]`` tensor, the ``valid`` edge mask and the ``in_graph`` circuit
-mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. A circuit is edge-level (any set of
-edges) or node-level (``node_in_graph``, a set of upstream nodes; ``in_graph`` is then exactly the valid outgoing
-edges of those nodes, which is what evaluation cuts around). Graphs save to ``.pt`` and load back,
-export a readable ``.json``, and convert to and from EAP-IG / MIB's JSON format (:mod:`.interop`).
+mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. A circuit has one of three levels
+(``docs/definitions.md#circuit-levels``): edge (any set of edges), node (``node_in_graph``, a set of upstream nodes;
+``in_graph`` is then exactly the valid outgoing edges of those nodes, which is what evaluation cuts around) or neuron
+(``neuron_in_graph`` ``[n_up, d_model]``, output dimensions of upstream nodes; ``in_graph`` is the valid outgoing
+edges of the nodes with a kept dimension, and evaluation also intervenes on the other dimensions,
+:meth:`Graph.cut_units`). Graphs save to ``.pt`` and load back, export a readable ``.json``, and convert to and from
+EAP-IG / MIB's JSON format (:mod:`.interop`).
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from circuitflow.io import atomic_path
 from circuitflow.names import component_name
 
 Selection = Literal["topn", "threshold", "greedy"]
-Level = Literal["edge", "node"]
+Level = Literal["edge", "node", "neuron"]
+LEVELS = ("edge", "node", "neuron")
 
 
 def check_level(level: str) -> None:
-    """Refuse a circuit level other than ``edge`` or ``node`` with a one-line error."""
-    if level not in ("edge", "node"):
-        raise ValueError(f"unknown circuit level {level!r}: use edge or node")
+    """Refuse a circuit level other than ``edge``, ``node`` or ``neuron`` with a one-line error."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown circuit level {level!r}: use edge, node or neuron")
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Graph:
     node_scores: Tensor | None = None  # [n_up]: Δ_u · ∂L/∂z_u = the sum of u's outgoing edge scores
     node_in_graph: Tensor | None = None  # [n_up] bool: the nodes of a node-level circuit; None for edge-level ones
     neuron_scores: Tensor | None = None  # [n_up, d_model]: node_scores split over each node's output dimensions
+    neuron_in_graph: Tensor | None = None  # [n_up, d_model] bool: the kept units of a neuron-level circuit, else None
 
     # ---------------------------------------------------------------- construction and indexing
     @classmethod
@@ -150,7 +155,10 @@ class Graph:
 
     @property
     def level(self) -> Level:
-        """``node`` when the circuit is a set of nodes (:meth:`set_nodes`), else ``edge``."""
+        """``neuron`` when the circuit is a set of output units (:meth:`set_neurons`), ``node`` when it is a set of
+        nodes (:meth:`set_nodes`), else ``edge``."""
+        if self.neuron_in_graph is not None:
+            return "neuron"
         return "edge" if self.node_in_graph is None else "node"
 
     def set_nodes(self, nodes: Tensor) -> Graph:
@@ -158,23 +166,63 @@ class Graph:
         their valid outgoing edges, every other node has all of its outgoing edges intervened."""
         if nodes.shape != (self.n_up,):
             raise ValueError(f"node mask has shape {tuple(nodes.shape)}; a node-level circuit needs [{self.n_up}]")
-        self.node_in_graph = nodes.bool().clone()
+        self.node_in_graph, self.neuron_in_graph = nodes.bool().clone(), None
         self.in_graph = self.valid & self.node_in_graph[:, None]
         return self
 
+    def set_neurons(self, neurons: Tensor) -> Graph:
+        """Make the circuit neuron-level (in place): ``neurons`` ``[n_up, d_model]`` bool are the kept output
+        dimensions. A node with a kept dimension keeps all its valid outgoing edges, which carry its kept dimensions
+        clean and its other dimensions intervened; a node with none has all of its outgoing edges intervened."""
+        d_model = self.d_model
+        if neurons.dim() != 2 or neurons.shape[0] != self.n_up or (d_model is not None and neurons.shape[1] != d_model):
+            width = "d_model" if d_model is None else d_model
+            raise ValueError(f"neuron mask has shape {tuple(neurons.shape)}; a neuron-level circuit needs "
+                             f"[{self.n_up}, {width}] (upstream nodes x output dimensions)")
+        self.neuron_in_graph, self.node_in_graph = neurons.bool().clone(), None
+        self.in_graph = self.valid & self.neuron_in_graph.any(1)[:, None]
+        return self
+
+    @property
+    def d_model(self) -> int | None:
+        """The width of a node's output: from ``neuron_in_graph`` or ``neuron_scores``, else ``meta["d_model"]``
+        (None if the graph has none of them)."""
+        for units in (self.neuron_in_graph, self.neuron_scores):
+            if units is not None:
+                return int(units.shape[1])
+        return None if self.meta.get("d_model") is None else int(self.meta["d_model"])
+
+    def _circuit_nodes(self) -> Tensor | None:
+        """``[n_up]`` bool: the nodes of a node- or neuron-level circuit (a neuron-level node keeps a dimension);
+        None at edge level."""
+        if self.neuron_in_graph is not None:
+            return self.neuron_in_graph.any(1)
+        return self.node_in_graph
+
     def circuit_edges(self) -> Tensor:
-        """``in_graph``, the edge mask evaluation cuts around; refuses a node-level graph whose ``in_graph`` was edited
-        away from its nodes' outgoing edges."""
-        if self.node_in_graph is not None and not torch.equal(self.in_graph, self.valid & self.node_in_graph[:, None]):
-            raise ValueError("in_graph no longer matches node_in_graph (edited after node-level selection): call "
-                             "graph.set_nodes(...) again, or set graph.node_in_graph = None for an edge-level circuit")
+        """``in_graph``, the edge mask evaluation cuts around; refuses a node- or neuron-level graph whose ``in_graph``
+        was edited away from its nodes' outgoing edges."""
+        nodes = self._circuit_nodes()
+        if nodes is not None and not torch.equal(self.in_graph, self.valid & nodes[:, None]):
+            setter, field_name = ("set_neurons", "neuron_in_graph") if self.level == "neuron" else ("set_nodes",
+                                                                                                  "node_in_graph")
+            raise ValueError(f"in_graph no longer matches {field_name} (edited after {self.level}-level selection): "
+                             f"call graph.{setter}(...) again, or set graph.{field_name} = None for an edge-level "
+                             "circuit")
         return self.in_graph
+
+    def cut_units(self) -> Tensor | None:
+        """``[n_up, d_model]`` bool, the output dimensions evaluation intervenes on along kept edges
+        (``~neuron_in_graph``, for ``evaluate_masks(cut_units=...)``); None below neuron level."""
+        return None if self.neuron_in_graph is None else ~self.neuron_in_graph
 
     def nodes_in_graph(self) -> Tensor:
         """``[n_up + 1]`` bool: nodes touched by a circuit edge (as writer or reader); the last entry is logits. At
-        node level: the circuit's nodes and the logits."""
-        if self.node_in_graph is not None:
-            return torch.cat([self.node_in_graph, torch.ones(1, dtype=torch.bool)])
+        node level: the circuit's nodes and the logits; at neuron level: the nodes with a kept dimension and the
+        logits."""
+        nodes = self._circuit_nodes()
+        if nodes is not None:
+            return torch.cat([nodes, torch.ones(1, dtype=torch.bool)])
         owner = self.down_owner()
         writes = self.in_graph.any(1)
         reads = (self.in_graph.any(0)[:, None] & owner).any(0)
@@ -182,9 +230,9 @@ class Graph:
 
     def prune(self) -> Graph:
         """Keep only circuit edges on a path from the input to the logits (in place; returns self)."""
-        if self.node_in_graph is not None:
-            raise ValueError("prune works on edge-level circuits; a node-level circuit keeps every outgoing edge of "
-                             "its nodes (select at level='edge' to prune)")
+        if self.level != "edge":
+            raise ValueError(f"prune works on edge-level circuits; a {self.level}-level circuit keeps every outgoing "
+                             "edge of its nodes (select at level='edge' to prune)")
         owner = self.down_owner().float()
         edges = self.in_graph.float()
         forward = torch.zeros(self.n_up + 1)
@@ -200,39 +248,55 @@ class Graph:
 
     # ---------------------------------------------------------------- selection
     def _ranked(self, absolute: bool, level: Level = "edge") -> Tensor:
-        """Edge scores ``[n_up, n_down]`` (invalid edges -inf) or node scores ``[n_up]``, absolute or signed."""
+        """Edge scores ``[n_up, n_down]`` (invalid edges -inf), node scores ``[n_up]`` or neuron scores
+        ``[n_up, d_model]``, absolute or signed."""
         check_level(level)
         if level == "node":
             if self.node_scores is None:
                 raise ValueError("node-level selection needs graph.node_scores (attribute() sets them; for a graph "
                                  "without them set graph.node_scores = graph.scores.sum(1))")
             return self.node_scores.abs() if absolute else self.node_scores
+        if level == "neuron":
+            if self.neuron_scores is None:
+                raise ValueError("neuron-level selection needs graph.neuron_scores, which attribute() sets for every "
+                                 "method but exact: score the graph with EAP or EAP-IG")
+            return self.neuron_scores.abs() if absolute else self.neuron_scores
         values = self.scores.abs() if absolute else self.scores
         return values.masked_fill(~self.valid, -math.inf)
 
     def _set_circuit(self, chosen: Tensor, level: Level) -> None:
-        """Make ``chosen`` the circuit: upstream nodes ``[n_up]`` at node level, edges ``[n_up, n_down]`` (valid ones
-        only) at edge level."""
+        """Make ``chosen`` the circuit: upstream nodes ``[n_up]`` at node level, units ``[n_up, d_model]`` at neuron
+        level, edges ``[n_up, n_down]`` (valid ones only) at edge level."""
         if level == "node":
             self.set_nodes(chosen)
+        elif level == "neuron":
+            self.set_neurons(chosen)
         else:
-            self.in_graph, self.node_in_graph = self.valid & chosen, None
+            self.in_graph, self.node_in_graph, self.neuron_in_graph = self.valid & chosen, None, None
+
+    def n_units(self, level: Level) -> int:
+        """How many things a circuit of ``level`` is chosen from: valid edges, upstream nodes, or output units
+        (``n_up * d_model``)."""
+        check_level(level)
+        if level == "neuron":
+            return int(self._ranked(True, "neuron").numel())
+        return self.n_valid_edges if level == "edge" else self.n_up
 
     def select_topn(self, n: int, absolute: bool = True, *, level: Level = "edge") -> Graph:
-        """The ``n`` edges (or, at node level, upstream nodes) with the highest (absolute or signed) scores form the
-        circuit (in place)."""
-        ranked = self._ranked(absolute, level).flatten()
-        chosen = torch.zeros(ranked.shape, dtype=torch.bool)
-        n = min(n, self.n_valid_edges if level == "edge" else self.n_up)
+        """The ``n`` edges (or, at node level, upstream nodes; at neuron level, output units) with the highest
+        (absolute or signed) scores form the circuit (in place)."""
+        ranked = self._ranked(absolute, level)
+        chosen = torch.zeros(ranked.numel(), dtype=torch.bool)
+        n = min(n, self.n_units(level))
         if n > 0:
-            chosen[ranked.topk(n).indices] = True
-        self._set_circuit(chosen if level == "node" else chosen.view(self.n_up, self.n_down), level)
+            chosen[ranked.flatten().topk(n).indices] = True
+        self._set_circuit(chosen.view(ranked.shape), level)
         self.meta["selection"] = dict(method="topn", n=n, absolute=absolute, level=level)
         return self
 
     def select_threshold(self, threshold: float, absolute: bool = True, *, level: Level = "edge") -> Graph:
-        """Edges (or, at node level, upstream nodes) whose (absolute or signed) score is at least ``threshold`` form
-        the circuit (in place)."""
+        """Edges (or, at node level, upstream nodes; at neuron level, output units) whose (absolute or signed) score
+        is at least ``threshold`` form the circuit (in place)."""
         self._set_circuit(self._ranked(absolute, level) >= threshold, level)
         self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute, level=level)
         return self
@@ -266,9 +330,10 @@ class Graph:
         if method == "threshold":
             return self.select_threshold(float(size), absolute, level=level)
         if method == "greedy":
-            if level == "node":
-                raise ValueError("greedy selection is edge-level (every node writes to the logits, so growing a node "
-                                 "circuit from them is top-n): use topn or threshold at level='node'")
+            if level != "edge":
+                raise ValueError(f"greedy selection is edge-level (every node writes to the logits, so growing a "
+                                 f"{level} circuit from them is top-n): use topn or threshold at level='{level}'")
+            self.neuron_in_graph = None  # select_greedy leaves an edge-level circuit
             return self.select_greedy(int(size), absolute)
         raise ValueError(f"unknown selection {method!r}: use topn, threshold or greedy")
 
@@ -284,9 +349,25 @@ class Graph:
 
     @property
     def n_nodes(self) -> int:
-        """Nodes in the circuit (writers or readers of a circuit edge, the logits included; at node level the
-        circuit's nodes and the logits)."""
+        """Nodes in the circuit (writers or readers of a circuit edge, the logits included; at node and neuron level
+        the circuit's nodes and the logits)."""
         return int(self.nodes_in_graph().sum())
+
+    def count_neurons(self, d_model: int | None = None) -> int:
+        """Output units the circuit keeps: at neuron level its kept dimensions; at edge and node level ``d_model`` for
+        every writer with an outgoing circuit edge (``d_model`` defaults to :attr:`d_model`)."""
+        if self.neuron_in_graph is not None:
+            return int(self.neuron_in_graph.sum())
+        d_model = d_model or self.d_model
+        if d_model is None:
+            raise ValueError("n_neurons needs d_model: the graph has no neuron_scores and meta has no 'd_model'; set "
+                             "graph.meta['d_model'] = bridge.cfg.d_model")
+        return int(self.in_graph.any(1).sum()) * int(d_model)
+
+    @property
+    def n_neurons(self) -> int:
+        """Output units in the circuit (:meth:`count_neurons`)."""
+        return self.count_neurons()
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: Path | str) -> None:
@@ -295,7 +376,7 @@ class Graph:
         state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                      parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
                      node_scores=self.node_scores, node_in_graph=self.node_in_graph,
-                     neuron_scores=self.neuron_scores)
+                     neuron_scores=self.neuron_scores, neuron_in_graph=self.neuron_in_graph)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         with atomic_path(path) as tmp:
@@ -307,8 +388,9 @@ class Graph:
         return cls(**torch.load(path, map_location="cpu", weights_only=False))
 
     def to_json(self, path: Path | str) -> None:
-        """Write a readable ``.json``: shape, metadata, the circuit's level (and its nodes at node level), and every
-        valid edge with its score and membership."""
+        """Write a readable ``.json``: shape, metadata, the circuit's level (its nodes at node level; at neuron level
+        each kept node's kept dimensions as ``[start, stop)`` ranges), and every valid edge with its score and
+        membership."""
         ups, downs = self.upstream_names(), self.downstream_names()
         idx = self.valid.nonzero().tolist()
         edges = [dict(source=ups[u], target=downs[d], score=float(self.scores[u, d]),
@@ -318,5 +400,16 @@ class Graph:
                    edges=edges)
         if self.node_in_graph is not None:
             doc["nodes_in_graph"] = [ups[u] for u in self.node_in_graph.nonzero().flatten().tolist()]
+        if self.neuron_in_graph is not None:
+            doc["n_neurons_in_graph"] = self.n_neurons
+            doc["neurons_in_graph"] = {ups[u]: unit_ranges(row) for u, row in enumerate(self.neuron_in_graph)
+                                       if row.any()}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1))
+
+
+def unit_ranges(kept: Tensor) -> list[list[int]]:
+    """The kept entries of a 1-D bool mask as ``[start, stop)`` ranges, e.g. ``[[0, 3], [7, 8]]``."""
+    padded = torch.cat([torch.zeros(1, dtype=torch.int8), kept.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
+    edges = padded.diff().nonzero().flatten().tolist()  # starts at +1, stops at -1, alternating
+    return [edges[i : i + 2] for i in range(0, len(edges), 2)]
