@@ -25,6 +25,7 @@ EAP-IG / MIB's JSON format (:mod:`.interop`).
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import math
@@ -301,25 +302,59 @@ class Graph:
         self.meta["selection"] = dict(method="threshold", threshold=threshold, absolute=absolute, level=level)
         return self
 
+    @staticmethod
+    def _greedy_order(ranked: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+        """Each downstream input's edges best first, for :meth:`select_greedy`: sort keys ``[n_down, n_up]`` (float64,
+        ascending, ties in upstream order; argmax's order: NaN first, then ``+inf``, then the values down), their
+        upstream indices, and how many per input can be chosen (those not ``-inf``)."""
+        keys = -ranked.T.double().nan_to_num(nan=math.inf, posinf=math.ldexp(1.0, 200), neginf=-math.inf)
+        keys, ups = keys.sort(dim=1, stable=True)
+        return keys, ups, (keys < math.inf).sum(1).tolist()
+
     def select_greedy(self, n: int, absolute: bool = True) -> Graph:
         """Grow a circuit from the logits: repeatedly add the best edge whose reader's node is already in the
-        circuit, until it has ``n`` edges (in place)."""
-        ranked = self._ranked(absolute)
-        owner = self.down_owner()
-        in_nodes = torch.zeros(self.n_up + 1, dtype=torch.bool)
-        in_nodes[-1] = True
+        circuit, until it has ``n`` edges (in place). Ties go to the lowest flat index ``up * n_down + down``; a NaN
+        score counts as the best, ``-inf`` is never chosen.
+
+        Each downstream input's edges are sorted once; a heap holds the best remaining edge of every input whose node
+        is in the circuit, so the cost is one sort plus ``O(log n_down)`` per chosen edge (and one read of each input's sorted
+        edges when its node joins)."""
+        keys, ups, usable = self._greedy_order(self._ranked(absolute))
+        owner = self.down_owner().T  # [n_up + 1, n_down]: the downstream inputs each node reads through
+        node_inputs = owner.nonzero()[:, 1].split(owner.sum(1).tolist())
+        width = self.n_down
+        in_circuit, position = [False] * (self.n_up + 1), [0] * width
+        columns: dict[int, tuple[list[float], list[int]]] = {}  # inputs whose node is in the circuit: keys, ups
+        heap: list[tuple[float, int, int]] = []
+
+        def push(down: int) -> None:
+            """Put input ``down``'s best remaining edge on the heap (key, flat index, input)."""
+            column_keys, column_ups = columns[down]
+            if position[down] < len(column_keys):
+                up = column_ups[position[down]]
+                heapq.heappush(heap, (column_keys[position[down]], up * width + down, down))
+
+        def enter(node: int) -> None:
+            """Node ``node`` joins the circuit: the edges into its inputs become candidates."""
+            in_circuit[node] = True
+            for down in node_inputs[node].tolist():
+                if down not in columns:
+                    columns[down] = keys[down, : usable[down]].tolist(), ups[down, : usable[down]].tolist()
+                    push(down)
+
+        enter(self.n_up)
+        picked: list[int] = []
+        while heap and len(picked) < n:  # the heap only ever holds valid edges, so at most n_valid_edges
+            _, flat, down = heapq.heappop(heap)
+            picked.append(flat)
+            position[down] += 1
+            push(down)
+            if not in_circuit[flat // width]:
+                enter(flat // width)
         chosen = torch.zeros_like(self.in_graph)
-        for _ in range(min(n, int(self.valid.sum()))):
-            reachable = (owner & in_nodes[None, :]).any(1)  # downstream inputs whose node is in the circuit
-            candidates = ranked.masked_fill(chosen | ~reachable[None, :], -math.inf)
-            best = int(candidates.flatten().argmax())
-            if candidates.flatten()[best] == -math.inf:
-                break
-            up, down = divmod(best, self.n_down)
-            chosen[up, down] = True
-            in_nodes[up] = True
-        self.in_graph, self.node_in_graph = chosen, None
-        self.meta["selection"] = dict(method="greedy", n=int(chosen.sum()), absolute=absolute, level="edge")
+        chosen.view(-1)[torch.tensor(picked, dtype=torch.long)] = True
+        self._set_circuit(chosen, "edge")
+        self.meta["selection"] = dict(method="greedy", n=len(picked), absolute=absolute, level="edge")
         return self
 
     def select(self, method: Selection, size: float, absolute: bool = True, *, level: Level = "edge") -> Graph:
