@@ -150,7 +150,63 @@ def test_bad_files_fail_with_one_line_naming_the_problem():
         from_eap_dict(edited(lambda doc: doc["edges"].pop("m0->logits")))
     with pytest.raises(ValueError, match="n_key_value_heads=3 does not divide n_heads=2"):
         from_eap_dict(HAND_WRITTEN, n_kv_heads=3)
-    with pytest.raises(ValueError, match="keeps only some of its neurons"):
-        from_eap_dict(edited(lambda doc: doc["nodes"]["m0"].update(neurons=[True, False])))
+    with pytest.raises(ValueError, match="node 'input' has no neurons; a neuron-level circuit needs every node's"):
+        from_eap_dict(edited(lambda doc: doc["nodes"]["m0"].update(neurons=[True] + [False] * 7)))
+    with pytest.raises(ValueError, match="node 'a0.h0' has 2 neurons but cfg.d_model is 8"):
+        from_eap_dict(with_neurons(lambda doc: doc["nodes"]["a0.h0"].update(neurons=[True, False])))
     with pytest.raises(ValueError, match="pass d_model="):
         to_eap_dict(Graph.empty(1, 2, 2, parallel=True))
+
+
+# Neuron-level fields as EAP-IG's to_json writes them for a neuron-level graph: each writer's neurons (kept output
+# dimensions) and neurons_scores (NaN: unscored); the logits node has neither. m0 keeps dimensions 1 and 6, a0.h1 none.
+NEURONS = {"input": [True] * 8, "a0.h0": [False] * 7 + [True], "a0.h1": [False] * 8,
+           "m0": [False, True, False, False, False, False, True, False]}
+
+
+def with_neurons(edit=lambda doc: None) -> dict:
+    """The hand-written file as a neuron-level EAP-IG graph (edges out of a writer with a kept dimension in_graph),
+    changed by ``edit(doc)``."""
+    def add(doc):
+        for name, kept in NEURONS.items():
+            doc["nodes"][name].update(in_graph=any(kept), neurons=kept,
+                                      neurons_scores=[float("nan") if name == "input" else 0.5 * i for i in range(8)])
+        for name, edge in doc["edges"].items():
+            edge["in_graph"] = any(NEURONS[name.partition("->")[0]])
+        edit(doc)
+    return edited(add)
+
+
+def test_an_eap_ig_neuron_level_file_loads_as_a_neuron_circuit_and_round_trips(tmp_path):
+    doc = with_neurons()
+    (tmp_path / "eap.json").write_text(json.dumps(doc))  # NaN as EAP-IG's json.dump writes it
+    graph = from_eap_json(tmp_path / "eap.json")
+    names = graph.upstream_names()
+    assert graph.level == "neuron" and graph.d_model == 8
+    assert graph.neuron_in_graph.tolist() == [NEURONS[n] for n in names]
+    assert graph.n_neurons == 8 + 1 + 2 and graph.n_nodes == 4  # input, a0.h0, m0 and the logits
+    assert torch.equal(graph.in_graph, graph.valid & torch.tensor([True, True, False, True])[:, None])
+    assert graph.neuron_scores[0].isnan().all() and graph.neuron_scores[3].tolist() == [0.5 * i for i in range(8)]
+    assert torch.equal(from_eap_dict(doc, level="edge").in_graph, graph.in_graph)  # the edges say the same
+    assert from_eap_dict(doc, level="edge").neuron_in_graph is None
+
+    to_eap_json(graph, tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    for name in names:
+        assert again["nodes"][name]["neurons"] == NEURONS[name]
+        assert again["nodes"][name]["in_graph"] == any(NEURONS[name])
+    assert again["edges"] == doc["edges"] and "neurons" not in again["nodes"]["logits"]
+    back = from_eap_json(tmp_path / "again.json")
+    assert torch.equal(back.neuron_in_graph, graph.neuron_in_graph) and torch.equal(back.in_graph, graph.in_graph)
+    assert torch.equal(back.neuron_scores.nan_to_num(-1), graph.neuron_scores.nan_to_num(-1))
+    with pytest.raises(ValueError, match="d_model=16 but the neuron-level circuit has 8"):
+        to_eap_dict(graph, d_model=16)
+
+
+def test_whole_node_neuron_masks_load_at_edge_level_unless_asked():
+    """EAP-IG writes neurons for any neuron-capable graph; masks that keep all or nothing of every node say no more
+    than the edges, so the file is edge-level unless level='neuron' is passed."""
+    doc = with_neurons(lambda d: [d["nodes"][name].update(neurons=[True] * 8) for name in ("a0.h0", "m0")])
+    assert from_eap_dict(doc).level == "edge"
+    neurons = from_eap_dict(doc, level="neuron")
+    assert neurons.level == "neuron" and neurons.n_neurons == 3 * 8

@@ -4,18 +4,23 @@ The format (``docs/definitions.md#eap-ig-and-mib-json``)::
 
     {"cfg":   {"n_layers": L, "n_heads": H, "parallel_attn_mlp": bool, "d_model": d, "n_key_value_heads": G},
      "nodes": {"input": {"in_graph": bool, "score": float}, "a0.h0": {...}, ..., "m{L-1}": {...},
-               "logits": {"in_graph": true}},
+               "logits": {"in_graph": true}},     # neuron level: also "neurons": [bool]*d, "neurons_scores": [float]*d
      "edges": {"input->a0.h1<q>": {"score": float, "in_graph": bool}, "a0.h1->m0": {...},
                "m0->logits": {...}, ...}}
 
 Writers are named as in :class:`Graph`; readers are ``a{l}.h{h}<q|k|v>`` (one per *query* head), ``m{l}`` and
 ``logits``. ``n_key_value_heads`` is ours (EAP-IG ignores extra cfg keys); node ``score`` is written when the graph
-has node scores; a top-level ``meta`` carries :attr:`Graph.meta`.
+has node scores; a top-level ``meta`` carries :attr:`Graph.meta` and the circuit's ``level``.
 
-Levels: for an edge-level circuit a node's ``in_graph`` is EAP-IG's (an outgoing and an incoming circuit edge); for
-a node-level circuit it is the circuit's node set and every edge out of a circuit node is ``in_graph`` (EAP-IG's
-``level="node"``). Importing reads a node-level circuit when ``level="node"`` is passed or ``meta.selection.level``
-says so: the nodes' ``in_graph`` is then the circuit and the edges' follows from it.
+Levels (``docs/definitions.md#circuit-levels``): for an edge-level circuit a node's ``in_graph`` is EAP-IG's (an
+outgoing and an incoming circuit edge); for a node-level circuit it is the circuit's node set and every edge out of a
+circuit node is ``in_graph`` (EAP-IG's ``level="node"``). A neuron-level circuit (EAP-IG's ``level="neuron"``) also
+writes each writer's ``neurons`` (its kept output dimensions, EAP-IG's ``neurons_in_graph`` row) and, when the graph
+has neuron scores, ``neurons_scores``; a node's ``in_graph`` is then "keeps a dimension". Importing reads the level
+passed, else ``meta.level`` (ours), else ``meta.selection.level``, else ``neuron`` when a writer's ``neurons`` keep
+only some dimensions (only a neuron-level selection writes that), else ``edge``; at node level the nodes'
+``in_graph`` is the circuit, at neuron level the writers' ``neurons``, and the edges' ``in_graph`` follows from it.
+``neurons_scores`` on every writer load as :attr:`Graph.neuron_scores` (NaN, EAP-IG's "unscored", stays NaN).
 
 Grouped-query attention: EAP-IG ungroups key/value heads, so it has a key and a value input per query head, while
 ours are per key/value head (the input the group shares). The gradient at the shared input is the sum of the
@@ -60,28 +65,35 @@ def _node_in_graph(graph: Graph, in_eap: Tensor, owner: Tensor) -> Tensor:
 
 def to_eap_dict(graph: Graph, *, d_model: int | None = None) -> dict:
     """The graph as an EAP-IG/MIB JSON document (see the module docstring); ``d_model`` defaults to
-    ``graph.meta["d_model"]`` (EAP-IG's loader needs it)."""
-    d_model = d_model if d_model is not None else graph.meta.get("d_model")
+    :attr:`Graph.d_model` (EAP-IG's loader needs it)."""
+    d_model = d_model if d_model is not None else graph.d_model
     if d_model is None:
-        raise ValueError("to_eap_json: EAP-IG's cfg needs d_model and graph.meta has none; pass d_model= "
-                         "(e.g. bridge.cfg.d_model)")
+        raise ValueError("to_eap_json: EAP-IG's cfg needs d_model and the graph has none (no neuron_scores, no "
+                         "meta['d_model']); pass d_model= (e.g. bridge.cfg.d_model)")
+    if graph.d_model is not None and graph.neuron_in_graph is not None and int(d_model) != graph.d_model:
+        raise ValueError(f"to_eap_json: d_model={d_model} but the neuron-level circuit has {graph.d_model} "
+                         "dimensions per node; pass the model's d_model")
     readers, owner = eap_readers(graph)
     shared_by = torch.bincount(owner, minlength=graph.n_down).double()  # EAP-IG readers per reader of ours
     scores = graph.scores.double()[:, owner] / shared_by[owner]
     in_eap = graph.circuit_edges()[:, owner] & graph.valid[:, owner]
     writers = graph.upstream_names()
-    node_in = _node_in_graph(graph, in_eap, owner) if graph.node_in_graph is None else graph.node_in_graph
+    node_in = _node_in_graph(graph, in_eap, owner) if graph.level == "edge" else graph.nodes_in_graph()[:-1]
     nodes = {}
     for u, name in enumerate(writers):
         nodes[name] = {"in_graph": bool(node_in[u])}
         if graph.node_scores is not None:
             nodes[name]["score"] = float(graph.node_scores[u])
+        if graph.neuron_in_graph is not None:
+            nodes[name]["neurons"] = graph.neuron_in_graph[u].tolist()
+            if graph.neuron_scores is not None:
+                nodes[name]["neurons_scores"] = graph.neuron_scores[u].tolist()
     nodes["logits"] = {"in_graph": True}
     edges = {f"{writers[u]}->{readers[j]}": {"score": float(scores[u, j]), "in_graph": bool(in_eap[u, j])}
              for u, j in graph.valid[:, owner].nonzero().tolist()}
     cfg = dict(n_layers=graph.n_layers, n_heads=graph.n_heads, parallel_attn_mlp=graph.parallel, d_model=int(d_model),
                n_key_value_heads=graph.n_kv_heads)
-    return dict(cfg=cfg, nodes=nodes, edges=edges, meta=graph.meta)
+    return dict(cfg=cfg, nodes=nodes, edges=edges, meta=dict(graph.meta, level=graph.level))
 
 
 def _shape(doc: dict, n_kv_heads: int | None, source: str) -> tuple[int, int, int, bool]:
@@ -101,22 +113,46 @@ def _shape(doc: dict, n_kv_heads: int | None, source: str) -> tuple[int, int, in
     return int(cfg["n_layers"]), n_heads, n_kv, bool(cfg["parallel_attn_mlp"])
 
 
-def _node_mask(doc: dict, writers: list[str], source: str) -> Tensor:
-    """``[n_up]`` the nodes' ``in_graph`` flags of a node-level circuit, with a one-line error for a missing one."""
-    missing = [name for name in writers if "in_graph" not in doc["nodes"].get(name, {})]
+def _node_field(doc: dict, writers: list[str], key: str, level: str, source: str) -> list:
+    """Every writer's ``key`` entry, with a one-line error naming the first writer without one."""
+    missing = [name for name in writers if key not in doc["nodes"].get(name, {})]
     if missing:
-        raise ValueError(f"{source}: node {missing[0]!r} has no in_graph; a node-level circuit needs every node's "
-                         f"in_graph (or import it with level='edge')")
-    return torch.tensor([bool(doc["nodes"][name]["in_graph"]) for name in writers])
+        raise ValueError(f"{source}: node {missing[0]!r} has no {key}; a {level}-level circuit needs every node's "
+                         f"{key} (or import it with level='edge')")
+    return [doc["nodes"][name][key] for name in writers]
+
+
+def _unit_rows(rows: list, writers: list[str], key: str, d_model: int | None, source: str) -> Tensor:
+    """``[n_up, d_model]`` float64 from the writers' per-dimension lists, refusing rows of another width."""
+    width = d_model if d_model is not None else len(rows[0])
+    for name, row in zip(writers, rows, strict=True):
+        if len(row) != width:
+            raise ValueError(f"{source}: node {name!r} has {len(row)} {key} but cfg.d_model is {width}; one entry "
+                             f"per output dimension")
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _default_level(doc: dict, graph: Graph, writers: list[str]) -> str:
+    """The level our export wrote (``meta.level``), else ``meta.selection.level``, else ``neuron`` when a writer keeps
+    only some of its ``neurons``, else ``edge``."""
+    if "level" in (doc.get("meta") or {}):
+        return doc["meta"]["level"]
+    if "level" in graph.meta.get("selection", {}):
+        return graph.meta["selection"]["level"]
+    partial = [name for name in writers
+               if len({bool(x) for x in doc["nodes"].get(name, {}).get("neurons", [])}) == 2]
+    return "neuron" if partial else "edge"
 
 
 def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, level: Level | None = None,
                   source: str = "graph JSON") -> Graph:
     """A :class:`Graph` from an EAP-IG/MIB JSON document. ``n_kv_heads`` (the model's key/value heads) defaults to
     ``cfg["n_key_value_heads"]``, else ``n_heads``; pass it to import an ungrouped EAP-IG graph of a GQA model.
-    ``level`` defaults to ``meta.selection.level`` if the document has one, else ``edge``."""
+    ``level`` defaults to ``meta.level`` or ``meta.selection.level`` if the document has one, else ``neuron`` when a
+    writer keeps only some of its ``neurons``, else ``edge``."""
     n_layers, n_heads, n_kv, parallel = _shape(doc, n_kv_heads, source)
-    graph = Graph.empty(n_layers, n_heads, n_kv, parallel, meta=dict(doc.get("meta") or {}))
+    meta = {key: value for key, value in (doc.get("meta") or {}).items() if key != "level"}
+    graph = Graph.empty(n_layers, n_heads, n_kv, parallel, meta=meta)
     if "d_model" in doc["cfg"]:
         graph.meta.setdefault("d_model", int(doc["cfg"]["d_model"]))
     readers, owner = eap_readers(graph)
@@ -138,10 +174,6 @@ def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, level: Level | No
         u, j = (valid & ~seen).nonzero()[0].tolist()
         raise ValueError(f"{source}: {int((valid & ~seen).sum())} edges of the model are missing (first: "
                          f"'{graph.upstream_names()[u]}->{readers[j]}'); EAP-IG's to_json writes every edge")
-    for name, node in doc["nodes"].items():
-        if "neurons" in node and not all(node["neurons"]):
-            raise ValueError(f"{source}: node {name!r} keeps only some of its neurons; circuitflow circuits are "
-                             f"edge- or node-level: export the circuit without neuron masks")
     to_ours = torch.zeros(len(readers), graph.n_down, dtype=torch.float64)
     to_ours[torch.arange(len(readers)), owner] = 1
     graph.scores = (scores @ to_ours).float()
@@ -149,10 +181,16 @@ def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, level: Level | No
     writers = graph.upstream_names()
     if all("score" in doc["nodes"].get(name, {}) for name in writers):
         graph.node_scores = torch.tensor([float(doc["nodes"][name]["score"]) for name in writers])
-    level = level or graph.meta.get("selection", {}).get("level", "edge")
+    if all("neurons_scores" in doc["nodes"].get(name, {}) for name in writers):
+        rows = [doc["nodes"][name]["neurons_scores"] for name in writers]
+        graph.neuron_scores = _unit_rows(rows, writers, "neurons_scores", graph.d_model, source)
+    level = level or _default_level(doc, graph, writers)
     check_level(level)
     if level == "node":
-        graph.set_nodes(_node_mask(doc, writers, source))
+        graph.set_nodes(torch.tensor([bool(x) for x in _node_field(doc, writers, "in_graph", level, source)]))
+    elif level == "neuron":
+        rows = _node_field(doc, writers, "neurons", level, source)
+        graph.set_neurons(_unit_rows(rows, writers, "neurons", graph.d_model, source).bool())
     return graph
 
 
