@@ -165,6 +165,8 @@ def test_neuron_topn_and_threshold_pick_the_units_with_the_largest_scores(scored
     assert graph.level == "node" and graph.neuron_in_graph is None
     graph.select("topn", 5, level="neuron").select("topn", 5)
     assert graph.level == "edge" and graph.neuron_in_graph is None and graph.n_edges == 5
+    graph.select("topn", 5, level="neuron").select("greedy", 4)
+    assert graph.level == "edge" and graph.neuron_in_graph is None and graph.n_edges == 4
 
 
 def test_neuron_selection_needs_neuron_scores_and_counting_needs_d_model():

@@ -11,6 +11,8 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
     curve = faithfulness_curve(bridge, graph, batches, logit_diff, tracer=tracer)
     nodes = faithfulness_curve(bridge, graph, batches, logit_diff, level="node", tracer=tracer)  # node fractions
     graph.select("topn", 10, level="node")   # a node-level circuit: its 10 nodes keep all their outgoing edges
+    units = faithfulness_curve(bridge, graph, batches, logit_diff, level="neuron", tracer=tracer)  # n_up*d_model units
+    graph.select("topn", 500, level="neuron")   # 500 (node, output dimension) units, the others intervened on
     to_eap_json(graph, "graph.json", d_model=bridge.cfg.d_model)   # EAP-IG / MIB's JSON (from_eap_json reads it)
 """
 
@@ -32,14 +34,14 @@ from circuitflow.circuits.evaluation import (
     evaluate_masks,
     faithfulness_curve,
 )
-from circuitflow.circuits.graph import Graph
+from circuitflow.circuits.graph import LEVELS, Graph, Level
 from circuitflow.circuits.interop import from_eap_json, to_eap_json
 from circuitflow.circuits.neurons import neuron_attribution, post_activations
 from circuitflow.circuits.tracing import INTERVENTIONS, Intervention, Tracer
 
 __all__ = [
-    "Anatomy", "Graph", "INTERVENTIONS", "Intervention", "METHODS", "MIB_FRACTIONS", "Method", "PairBatch", "PairError",
-    "Tracer", "agreement", "area_scores", "attribute", "evaluate_graph", "evaluate_masks", "exact_edge_scores",
-    "faithfulness_curve", "from_eap_json", "indexed_token_batches", "neuron_attribution", "pair_batches",
-    "post_activations", "split_batches", "to_eap_json", "token_batches",
+    "Anatomy", "Graph", "INTERVENTIONS", "Intervention", "LEVELS", "Level", "METHODS", "MIB_FRACTIONS", "Method",
+    "PairBatch", "PairError", "Tracer", "agreement", "area_scores", "attribute", "evaluate_graph", "evaluate_masks",
+    "exact_edge_scores", "faithfulness_curve", "from_eap_json", "indexed_token_batches", "neuron_attribution",
+    "pair_batches", "post_activations", "split_batches", "to_eap_json", "token_batches",
 ]

@@ -368,7 +368,6 @@ class Graph:
             if level != "edge":
                 raise ValueError(f"greedy selection is edge-level (every node writes to the logits, so growing a "
                                  f"{level} circuit from them is top-n): use topn or threshold at level='{level}'")
-            self.neuron_in_graph = None  # select_greedy leaves an edge-level circuit
             return self.select_greedy(int(size), absolute)
         raise ValueError(f"unknown selection {method!r}: use topn, threshold or greedy")
 
