@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).with_name("greedy_selection_cpu.md"))
     args = parser.parse_args()
     shape = (args.layers, args.heads, args.kv_heads)
+    load = os.getloadavg()[0]
     graph = Graph.empty(*shape, parallel=False)
     rows = ["| n | heap s | heap peak GiB | baseline s | baseline peak GiB | speed-up |",
             "| --- | --- | --- | --- | --- | --- |"]
@@ -121,7 +122,8 @@ def main() -> None:
         f"{graph.n_up} upstream nodes × {graph.n_down} downstream inputs = {graph.n_up * graph.n_down:,} entries, "
         f"{graph.n_valid_edges:,} valid edges; standard-normal scores, absolute ranking.",
         f"- Machine: {os.cpu_count()} CPU cores ({platform.machine()}{args.note and ', ' + args.note}), "
-        f"torch {torch.__version__}, {threads} torch threads, {datetime.date.today()}.",
+        f"load average {load:.1f} at the start, torch {torch.__version__}, {threads} torch threads, "
+        f"{datetime.date.today()}.",
         "",
         "heap: `Graph.select_greedy` (one sort of every downstream input's edges, then a heap of each reachable "
         "input's best remaining edge). baseline: the loop it replaced (an argmax over all edges per chosen edge), run "
