@@ -106,47 +106,68 @@ def accuracy_over_steps(table: pd.DataFrame, value: str = "accuracy", title: str
     return fig
 
 
+# What a circuit's size counts at each level (the x axis of its faithfulness curve).
+LEVEL_UNITS = {"edge": "edges", "node": "nodes", "neuron": "neurons (output dimensions)"}
+
+
 def faithfulness_curves(curve: pd.DataFrame, title: str):
-    """Faithfulness against circuit size (fraction of edges, log scale), one line per attribution method."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method, rows in curve.groupby("method", sort=False):
-        ax.plot(rows["fraction"] * 100, rows["faithfulness"], marker="o", ms=3, label=method)
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set(title=title, xlabel="edges in circuit (%)", ylabel="faithfulness f(C)")
-    ax.legend(title="method", fontsize="small")
+    """Faithfulness against circuit size (fraction of the level's units, log scale): one panel per circuit level
+    (edge, node, neuron; the table's ``level`` column), one line per attribution method, one legend for all."""
+    levels = list(dict.fromkeys(curve["level"]))
+    methods = list(dict.fromkeys(curve["method"]))
+    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(methods)))
+    fig, axes = plt.subplots(1, len(levels), figsize=(0.6 + 3.6 * len(levels), 3.9), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, level in zip(axes[0], levels):
+        for method, rows in curve[curve["level"] == level].groupby("method", sort=False):
+            ax.plot(rows["fraction"] * 100, rows["faithfulness"], marker="o", ms=3, color=colours[method],
+                    label=method)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set(title=f"{level} level", xlabel=f"{LEVEL_UNITS[level]} in circuit (%)")
+    axes[0, 0].set_ylabel("faithfulness f(C)")
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", ms=3, label=m) for m in methods]
+    fig.legend(handles=handles, title="method", fontsize="small", loc="outside lower center",
+               ncols=min(len(methods), 2 * len(levels)))
+    fig.suptitle(title)
     return fig
 
 
 def circuit_drawing(graph, title: str):
-    """The circuit of ``graph`` (its ``in_graph`` edges): nodes laid out by layer, edge width ∝ |score|, red for
-    positive and blue for negative scores."""
+    """The circuit of ``graph`` at its level: the ``in_graph`` edges (at node and neuron level, every valid outgoing
+    edge of a kept node), nodes laid out by layer, edge width ∝ |score|, red for positive and blue for negative
+    scores; the circuit's nodes (:meth:`Graph.nodes_in_graph`) in black, the others grey. At neuron level each node's
+    label also gives how many of its output dimensions are kept (``kept/d_model``). Edges and nodes carry their
+    names as ``gid`` (``"u->v"``, ``"v"``)."""
     layout = {"input": (0.5 * (graph.n_heads - 1), 0.0)}
     for layer in range(graph.n_layers):
         for h in range(graph.n_heads):
             layout[component_name(layer, h)] = (float(h), 2.0 * layer + 1)
         layout[component_name(layer)] = (0.5 * (graph.n_heads - 1), 2.0 * layer + 2)
     layout["logits"] = (0.5 * (graph.n_heads - 1), 2.0 * graph.n_layers + 1)
-    ups = graph.upstream_names()
+    names = graph.upstream_names() + ["logits"]
     owners = graph.down_owner()
-    targets = [[(ups + ["logits"])[int(j)] for j in owners[d].nonzero()] for d in range(graph.n_down)]
+    targets = [[names[int(j)] for j in owners[d].nonzero()] for d in range(graph.n_down)]
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * graph.n_heads, 1.2 + 0.9 * (2 * graph.n_layers + 1)))
     edges = graph.in_graph.nonzero().tolist()
     biggest = max((abs(float(graph.scores[u, d])) for u, d in edges), default=1.0) or 1.0
     for u, d in edges:
         score = float(graph.scores[u, d])
         for target in targets[d]:
-            (x0, y0), (x1, y1) = layout[ups[u]], layout[target]
+            (x0, y0), (x1, y1) = layout[names[u]], layout[target]
             bend = 0.25 * np.sign(x1 - x0 + 1e-9) if abs(y1 - y0) > 1 else 0.0
-            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
+            ax.annotate("", (x1, y1), (x0, y0), gid=f"{names[u]}->{target}", arrowprops=dict(
                 arrowstyle="-", lw=0.3 + 4 * abs(score) / biggest, alpha=0.7,
                 color="tab:red" if score > 0 else "tab:blue", connectionstyle=f"arc3,rad={bend}"))
-    used = {ups[u] for u, _ in edges} | {t for _, d in edges for t in targets[d]}
+    used = dict(zip(names, graph.nodes_in_graph().tolist()))
+    kept = {} if graph.neuron_in_graph is None else dict(zip(names, graph.neuron_in_graph.sum(1).tolist()))
     for name, (x, y) in layout.items():
-        ax.scatter([x], [y], s=520, color="white", edgecolor="black" if name in used else "lightgrey", zorder=3)
-        ax.text(x, y, name, ha="center", va="center", fontsize=6, zorder=4,
-                color="black" if name in used else "lightgrey")
+        colour = "black" if used[name] else "lightgrey"
+        ax.scatter([x], [y], s=520, color="white", edgecolor=colour, zorder=3)
+        label = f"{name}\n{kept[name]}/{graph.d_model}" if name in kept else name
+        ax.text(x, y, label, ha="center", va="center", fontsize=6 if name not in kept else 5, zorder=4, color=colour,
+                gid=name)
     ax.set(title=title, xlim=(-0.8, graph.n_heads - 0.2), ylim=(-0.8, 2 * graph.n_layers + 1.8))
     ax.axis("off")
     return fig

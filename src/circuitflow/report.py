@@ -17,7 +17,7 @@ from circuitflow.provenance import read_provenance
 # output name of the report rule -> the table's title (the headline tables, in the report's order)
 TABLE_TITLES = {
     "accuracy": "Accuracy on all legal prompts",
-    "areas": "Circuit CPR (area under faithfulness; higher is better)",
+    "areas": "Circuit CPR per level (area under faithfulness; higher is better)",
     "paper_circuits": "The paper's circuits: median faithfulness by neurons per layer",
     "heuristics": "Heuristic neurons and prompt knockout",
 }
@@ -39,7 +39,8 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
         for path in areas:  # results/{model}/circuits/{op}/areas.parquet
             frame = pd.read_parquet(path)
             frames.append(frame.assign(model=Path(path).parts[-4], operator=Path(path).parts[-2]))
-        out["areas"] = pd.concat(frames).pivot_table(index=["model", "operator"], columns="method", values="cpr")
+        out["areas"] = pd.concat(frames).pivot_table(index=["model", "operator", "level"], columns="method",
+                                                     values="cpr", sort=False)  # levels in the config's order
     if paper_circuits:
         table = pd.concat([pd.read_parquet(p) for p in paper_circuits])
         out["paper_circuits"] = table[table["circuit"] == "top"].pivot_table(
@@ -58,13 +59,14 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
     return out
 
 
-def cpr_label(areas: Path | str, method: str | None = None) -> str:
-    """A circuits figure's headline number for the report's list: ``method``'s CPR in an ``areas.parquet`` table,
-    or the best method's CPR and name when ``method`` is None."""
-    table = pd.read_parquet(areas).set_index("method")["cpr"]
+def cpr_label(areas: Path | str, method: str | None = None, level: str = "edge") -> str:
+    """A circuits figure's headline number for the report's list: ``method``'s CPR at ``level`` in an
+    ``areas.parquet`` table, or the best method's CPR and name when ``method`` is None; "—" when the table has no
+    curve of that level (``circuits.levels``) for the method."""
+    table = pd.read_parquet(areas).query("level == @level").set_index("method")["cpr"]
     if method is not None:
-        return f"{table[method]:.3f}"
-    return f"{table.max():.3f} ({table.idxmax()})"
+        return f"{table[method]:.3f}" if method in table else "—"
+    return f"{table.max():.3f} ({table.idxmax()})" if len(table) else "—"
 
 
 def _page(title: str, body: str) -> str:
@@ -73,10 +75,11 @@ def _page(title: str, body: str) -> str:
 
 
 def table_page(title: str, table: pd.DataFrame | None) -> str:
-    """A headline table as a small HTML page (floats to 3 decimals); a sentence when the stage ran for no model."""
+    """A headline table as a small HTML page (floats to 3 decimals, "—" where a cell has no value); a sentence when
+    the stage ran for no model."""
     if table is None:
         return _page(title, "<p>No model ran this stage (see the config's <code>models:</code> list of the stage).</p>")
-    return _page(title, table.to_html(float_format=lambda v: f"{v:.3f}", border=0))
+    return _page(title, table.to_html(float_format=lambda v: f"{v:.3f}", border=0, na_rep="—"))
 
 
 def provenance_frame(tables: Sequence[str]) -> pd.DataFrame:

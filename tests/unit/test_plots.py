@@ -191,3 +191,75 @@ def test_a_24_layer_legend_stands_beside_the_importance_curves():
     assert len(right.get_legend().get_texts()) == 24
     assert not right.get_legend().get_window_extent(renderer).overlaps(right.get_window_extent(renderer))
     plots.plt.close(fig)
+
+
+METHODS = ["EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact"]
+
+
+@pytest.mark.parametrize("levels", [["edge"], ["edge", "node", "neuron"]])
+def test_faithfulness_panels_one_per_level_under_one_legend_that_covers_nothing(levels):
+    curve = pd.DataFrame([dict(level=level, method=m, fraction=f, faithfulness=f ** (0.2 + i / 10))
+                          for level in levels for i, m in enumerate(METHODS) for f in (0.001, 0.01, 0.1, 1.0)])
+    fig = plots.faithfulness_curves(curve, "toy: circuits for + (logit_diff)")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert [ax.get_title() for ax in fig.axes] == [f"{level} level" for level in levels]
+    assert [ax.get_xlabel().split()[0] for ax in fig.axes] == [plots.LEVEL_UNITS[lv].split()[0] for lv in levels]
+    assert all(len(ax.get_lines()) == len(METHODS) + 2 for ax in fig.axes)  # the methods and the 0 and 1 lines
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == METHODS
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_tightbbox(renderer)) for ax in fig.axes)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # not cut off
+    suptitle = fig._suptitle.get_window_extent(renderer)
+    assert not overlapping(extents(fig, [ax.title for ax in fig.axes]) + [suptitle])
+    plots.plt.close(fig)
+
+
+def scored_graph() -> Graph:
+    """A 2-layer, 4-head graph with seeded edge, node and neuron (d_model 8) scores."""
+    import torch
+
+    graph = Graph.empty(2, 4, 4, parallel=False)
+    generator = torch.Generator().manual_seed(0)
+    graph.scores = torch.randn(graph.n_up, graph.n_down, generator=generator) * graph.valid
+    graph.node_scores = graph.scores.sum(1)
+    graph.neuron_scores = torch.randn(graph.n_up, 8, generator=generator)
+    return graph
+
+
+def drawn(fig) -> tuple[set, set, dict]:
+    """What a circuit drawing shows: its edges ``(writer, reader)``, its black (circuit) nodes and every node's
+    label text."""
+    texts = fig.axes[0].texts
+    edges = {tuple(t.get_gid().split("->")) for t in texts if t.get_gid() and "->" in t.get_gid()}
+    labels = {t.get_gid(): t.get_text() for t in texts if t.get_gid() and "->" not in t.get_gid()}
+    black = {t.get_gid() for t in texts if t.get_gid() in labels and t.get_color() == "black"}
+    return edges, black, labels
+
+
+def circuit_of(graph: Graph) -> tuple[set, set]:
+    """The edges (writer, reader node) and nodes of ``graph``'s circuit, from the graph itself."""
+    names = graph.upstream_names() + ["logits"]
+    owners = graph.down_owner()
+    edges = {(names[u], names[int(r)]) for u, d in graph.in_graph.nonzero().tolist() for r in owners[d].nonzero()}
+    return edges, {names[i] for i in graph.nodes_in_graph().nonzero().flatten().tolist()}
+
+
+@pytest.mark.parametrize("level, size", [("edge", 5), ("node", 4), ("neuron", 6)])
+def test_a_circuit_drawing_shows_what_is_in_the_circuit_at_its_level(level, size):
+    graph = scored_graph().select_topn(size, level=level)
+    edges, nodes = circuit_of(graph)
+    assert edges and len(nodes) < graph.n_up + 1  # a real subset: grey nodes exist
+    fig = plots.circuit_drawing(graph, f"toy, +: EAP, {level} level")
+    shown_edges, black, labels = drawn(fig)
+    assert shown_edges == edges and black == nodes
+    assert set(labels) == set(graph.upstream_names()) | {"logits"}
+    kept = dict(zip(graph.upstream_names(), graph.neuron_in_graph.sum(1).tolist())) if level == "neuron" else {}
+    for name, text in labels.items():  # a neuron-level node shows its kept dimensions out of d_model
+        assert text == (f"{name}\n{kept[name]}/8" if name in kept else name)
+    if level == "neuron":
+        assert sum(kept.values()) == size and {n for n, k in kept.items() if k} | {"logits"} == nodes
+    if level == "node":  # every valid outgoing edge of a chosen node is kept, and no edge of another one
+        assert {w for w, _ in edges} == nodes - {"logits"}
+    plots.plt.close(fig)

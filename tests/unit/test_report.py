@@ -102,8 +102,34 @@ def test_captions_name_model_and_operator_and_link_only_to_report_items():
             assert target in targets, (path.name, target)
 
 
-def test_cpr_label_is_the_methods_cpr_or_the_best_one(tmp_path):
-    areas = tmp_path / "areas.parquet"
-    pd.DataFrame({"method": ["EAP", "EAP-IG-inputs", "exact"], "cpr": [0.5, 0.8761, 0.7]}).to_parquet(areas)
-    assert cpr_label(areas, "exact") == "0.700"
-    assert cpr_label(areas) == "0.876 (EAP-IG-inputs)"
+def _areas(folder: Path, model: str, op: str, rows: list[tuple[str, str, float]]) -> str:
+    """An areas.parquet of (method, level, cpr) rows where the workflow writes it."""
+    path = folder / model / "circuits" / op / "areas.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=["method", "level", "cpr"]).to_parquet(path)
+    return str(path)
+
+
+def test_cpr_label_is_the_methods_cpr_or_the_best_one_at_the_figures_level(tmp_path):
+    areas = _areas(tmp_path, "toy", "add", [("EAP", "edge", 0.5), ("EAP-IG-inputs", "edge", 0.8761),
+                                            ("exact", "edge", 0.7), ("EAP", "node", 0.95), ("exact", "node", 0.2),
+                                            ("EAP-IG-inputs", "neuron", 0.31)])
+    assert cpr_label(areas, "exact") == "0.700" and cpr_label(areas, "exact", "node") == "0.200"
+    assert cpr_label(areas) == "0.876 (EAP-IG-inputs)" and cpr_label(areas, level="node") == "0.950 (EAP)"
+    assert cpr_label(areas, "EAP-IG-inputs", "neuron") == "0.310"
+    assert cpr_label(areas, "exact", "neuron") == "—"  # exact scores no neurons: no neuron-level curve
+
+
+def test_the_cpr_table_has_a_row_per_model_operator_and_level(tmp_path):
+    add = [(m, level, cpr) for m, cpr in (("EAP", 0.1), ("exact", 0.2)) for level in ("edge", "node", "neuron")]
+    paths = [_areas(tmp_path, "toy", "add", add[:-1]),  # exact has no neuron level
+             _areas(tmp_path, "toy", "sub", [("EAP", "edge", 0.3), ("exact", "edge", 0.4), ("EAP", "node", 0.5),
+                                             ("exact", "node", 0.6)])]
+    table = summary_tables([], paths, [], [], [])["areas"]
+    assert table.index.names == ["model", "operator", "level"] and list(table.columns) == ["EAP", "exact"]
+    assert list(table.index) == [("toy", "add", "edge"), ("toy", "add", "node"), ("toy", "add", "neuron"),
+                                 ("toy", "sub", "edge"), ("toy", "sub", "node")]  # the config's order
+    assert table.loc[("toy", "sub", "node"), "exact"] == 0.6 and table.loc[("toy", "add", "neuron"), "EAP"] == 0.1
+    assert pd.isna(table.loc[("toy", "add", "neuron"), "exact"])
+    page = table_page("CPR", table)
+    assert "neuron" in page and "0.600" in page and "—" in page and "NaN" not in page
