@@ -47,7 +47,7 @@ rule faithfulness:
     resources:
         gpu=GPU,
     params:
-        circuits=keys("circuits", "methods", "metric", "intervention", "fractions", "selection", "absolute"),
+        circuits=keys("circuits", "methods", "metric", "intervention", "fractions", "selection", "absolute", "levels"),
         dtype=CFG["dtype"],
         code=script_code("faithfulness"),
     script:
@@ -63,7 +63,7 @@ rule plot_faithfulness:
             caption="../report/faithfulness.rst",
             category="3 Circuits (EAP, EAP-IG)",
             subcategory="{model}",
-            labels=lambda wildcards: circuit_labels(wildcards, "faithfulness", None),
+            labels=lambda wildcards: circuit_labels(wildcards, "faithfulness", None, "all"),
         ),
         pdf=f"{RES}/figures/{{model}}/faithfulness_{{op}}.pdf",
     log:
@@ -84,13 +84,13 @@ rule draw_circuits:
     output:
         pngs=[
             report(
-                p,
+                circuit_drawing_path("{model}", "{op}", m, level),
                 caption="../report/circuit.rst",
                 category="3 Circuits (EAP, EAP-IG)",
                 subcategory="{model}",
-                labels=lambda wildcards, m=Path(p).stem: circuit_labels(wildcards, "circuit graph", m),
+                labels=lambda wildcards, m=m, level=level: circuit_labels(wildcards, "circuit graph", m, level),
             )
-            for p in expand(f"{RES}/figures/{{{{model}}}}/circuits/{{{{op}}}}/{{method}}.png", method=CIRCUIT_METHODS)
+            for m, level in CIRCUIT_DRAWINGS
         ],
     log:
         f"{RES}/logs/draw_circuits/{{model}}_{{op}}.log",
@@ -102,6 +102,7 @@ rule draw_circuits:
         n_edges=CFG["circuits"]["draw_edges"],
         absolute=CFG["circuits"]["absolute"],
         methods=CIRCUIT_METHODS,
+        drawings=CIRCUIT_DRAWINGS,
         code=script_code("draw_circuits"),
     script:
         "../scripts/draw_circuits.py"

@@ -144,6 +144,23 @@ def digest_inputs(wildcards):
 CIRCUIT_METHODS = CFG["circuits"]["methods"]
 
 
+def circuit_drawings():
+    """(method, level) of each circuit drawing: every method's edge-level circuit, then one method's node- and
+    neuron-level circuits (the first EAP-IG method's, else the first method's; exact scores no neurons)."""
+    method = next((m for m in CIRCUIT_METHODS if "IG" in m), CIRCUIT_METHODS[0])
+    levels = ["node"] if method == "exact" else ["node", "neuron"]
+    return [(m, "edge") for m in CIRCUIT_METHODS] + [(method, level) for level in levels]
+
+
+CIRCUIT_DRAWINGS = circuit_drawings()
+
+
+def circuit_drawing_path(model, op, method, level):
+    """A circuit drawing's PNG: ``{method}.png`` at edge level, ``{method}_{level}.png`` at node and neuron level."""
+    suffix = "" if level == "edge" else f"_{level}"
+    return f"{RES}/figures/{model}/circuits/{op}/{method}{suffix}.png"
+
+
 def stage_models(stage):
     chosen = CFG[stage]["models"]
     return list(chosen) if chosen is not None else names()
@@ -178,7 +195,7 @@ def circuit_outputs(name):
             f"{RES}/figures/{name}/faithfulness_{{op}}.png",
         ],
         op=OPS,
-    ) + expand(f"{RES}/figures/{name}/circuits/{{op}}/{{method}}.png", op=OPS, method=CIRCUIT_METHODS)
+    ) + [circuit_drawing_path(name, op, m, level) for op in OPS for m, level in CIRCUIT_DRAWINGS]
 
 
 def all_outputs():
@@ -202,8 +219,10 @@ def all_outputs():
     return outputs
 
 
-def circuit_labels(wildcards, figure, method):
+def circuit_labels(wildcards, figure, method, level):
     """Report labels of a circuits figure (called by its report(...) markup when the report is built): the figure,
-    operator, method ("all": the best one) and its CPR."""
+    operator, method (None: "all", the best one), its CPR at the figure's level (at edge level for a figure of all
+    levels) and the level."""
     areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/areas.parquet"
-    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr_label(areas, method)}
+    cpr = cpr_label(areas, method, "edge" if level == "all" else level)
+    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr, "level": level}

@@ -26,7 +26,7 @@ rule report:
             f"{RES}/tables/circuit_cpr.html",
             caption="../report/table_circuit_cpr.rst",
             category="1 Headline tables",
-            labels={"table": "circuit CPR per method"},
+            labels={"table": "circuit CPR per method and level"},
         ),
         paper_circuits=report(
             f"{RES}/tables/paper_circuits.html",

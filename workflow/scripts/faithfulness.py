@@ -1,4 +1,5 @@
-"""Faithfulness of each method's circuits over the configured circuit sizes, and MIB's CPR/CMD areas."""
+"""Faithfulness of each method's circuits at each configured level (edge, node, neuron) over the configured circuit
+sizes, and MIB's CPR/CMD areas per (method, level)."""
 import pandas as pd
 
 from circuitflow.circuits import Graph, area_scores, faithfulness_curve
@@ -8,6 +9,12 @@ from circuitflow.metrics import get_metric
 from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
+
+def level_selection(selection: str, level: str) -> str:
+    """The selection a ``level``'s curve uses: greedy grows edge circuits only, so node and neuron curves use top-n."""
+    return selection if level == "edge" else "topn"
+
+
 with snakemake_job(snakemake, torch_threads=True) as log:
     perf = job_performance(snakemake)
     p, c = snakemake.params, snakemake.params.circuits
@@ -16,12 +23,22 @@ with snakemake_job(snakemake, torch_threads=True) as log:
                            device_map=perf.device_map)
     curves, areas = [], []
     for method, path in zip(c["methods"], snakemake.input.graphs):
-        curve = faithfulness_curve(job.bridge, Graph.load(path), job.batches, get_metric(c["metric"]),
-                                   c["intervention"], fractions=c["fractions"], selection=c["selection"],
-                                   absolute=c["absolute"], means=job.means, tracer=job.tracer)
-        curves.append(with_labels(curve, method=method))
-        areas.append(dict(method=method, **area_scores(curve), selection=c["selection"], absolute=c["absolute"]))
-        log.info("%s: CPR %.3f, CMD %.3f", method, areas[-1]["cpr"], areas[-1]["cmd"])
+        graph = Graph.load(path)
+        for level in c["levels"]:
+            if level == "neuron" and graph.neuron_scores is None:
+                log.info("%s: no neuron scores (the method scores edges only), so no neuron-level curve", method)
+                continue
+            selection = level_selection(c["selection"], level)
+            if selection != c["selection"]:
+                log.info("%s, %s level: %s selection is edge-level only, so this curve uses topn", method, level,
+                         c["selection"])
+            curve = faithfulness_curve(job.bridge, graph, job.batches, get_metric(c["metric"]), c["intervention"],
+                                       fractions=c["fractions"], selection=selection, absolute=c["absolute"],
+                                       level=level, means=job.means, tracer=job.tracer)
+            curves.append(with_labels(curve, method=method))
+            areas.append(dict(method=method, level=level, **area_scores(curve), selection=selection,
+                              absolute=c["absolute"]))
+            log.info("%s, %s level: CPR %.3f, CMD %.3f", method, level, areas[-1]["cpr"], areas[-1]["cmd"])
     table, area_table = pd.concat(curves, ignore_index=True), pd.DataFrame(areas)
     for frame in (table, area_table):
         with_labels(frame, model=job.handle.name, revision=job.handle.revision, operator=snakemake.wildcards.op)

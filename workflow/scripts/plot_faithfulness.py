@@ -1,4 +1,4 @@
-"""Faithfulness curves of one model and operator, one line per method."""
+"""Faithfulness curves of one model and operator: one panel per circuit level, one line per method."""
 import pandas as pd
 
 from circuitflow.logs import log_to
