@@ -84,13 +84,19 @@ def edge_scores(
     ig_steps: int = 5,
     means: Tensor | None = None,
     per_position: bool = False,
+    hidden_scores: Tensor | None = None,
+    hidden_means: Tensor | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor | None, int]:
     """Summed over all examples: edge scores ``[n_up, n_down]`` (``per_position``: ``[n_up, n_down, pos]``, for
     prompts of one token length), node scores split over output dimensions ``[n_up, d_model]`` (None for ``exact``)
-    and the number of examples. float64 on the tracer's device; :func:`attribute` averages them into a graph."""
+    and the number of examples. float64 on the tracer's device; :func:`attribute` averages them into a graph.
+    ``hidden_scores`` ``[n_layers, d_mlp]``, if given, receives the MLP hidden neurons' scores Σ Δpost · ∂L/∂post
+    (``hidden_means`` from :meth:`Tracer.hidden_means` for the mean interventions)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if hidden_scores is not None and method == "exact":
+        raise ValueError("MLP hidden-neuron scores are gradient scores: use EAP or EAP-IG, not exact")
     if ig_steps < 1:
         raise ValueError(f"ig_steps={ig_steps} must be at least 1")
     g, d_model = tracer.shape, tracer.anatomy.d_model
@@ -113,18 +119,20 @@ def edge_scores(
         else:
             clean_logits, clean_up = tracer.outputs(batch.clean)
             delta = reference - clean_up
+            hidden = dict(hidden_scores=hidden_scores, delta_post=None if hidden_scores is None else
+                          tracer.hidden_reference(batch, intervention, hidden_means) - tracer.hidden(batch.clean))
             if method == "EAP-IG-activations":
                 for hook, nodes in upstream_groups(tracer):
                     for k in range(1, ig_steps + 1):
                         tracer.gradient_pass(batch, clean_logits, metric, delta, scores,
                                              edits=[(hook, nodes, 1 - k / ig_steps)], up=nodes, weight=1 / ig_steps,
-                                             unit_scores=units)
+                                             unit_scores=units, **hidden)
             else:
                 alphas = input_alphas(method, ig_steps)
                 for alpha in alphas:
                     edits = [(tracer.anatomy.input_hook, slice(0, 1), 1 - alpha)] if alpha != 1 else []
                     tracer.gradient_pass(batch, clean_logits, metric, delta, scores, edits=edits,
-                                         weight=1 / len(alphas), unit_scores=units)
+                                         weight=1 / len(alphas), unit_scores=units, **hidden)
         n_examples += len(batch)
     if n_examples == 0:
         raise ValueError("attribute() got no prompt pairs")
@@ -140,6 +148,8 @@ def attribute(
     *,
     ig_steps: int = 5,
     means: Tensor | None = None,
+    hidden: bool = False,
+    hidden_means: Tensor | None = None,
     tracer: Tracer | None = None,
     progress: bool = True,
 ) -> Graph:
@@ -149,15 +159,21 @@ def attribute(
     ``scores`` are averaged over all examples (so splitting the batches differently gives the same scores), whose
     ``node_scores`` are Δ_u · ∂L/∂z_u (the row sums) and whose ``neuron_scores`` ``[n_up, d_model]`` split each node
     score over the node's output dimensions (not for ``exact``), all float64. Every valid edge starts in the circuit.
+    ``hidden=True`` also scores the MLPs' hidden neurons into ``hidden_scores`` ``[n_layers, d_mlp]``
+    (Δpost · ∂L/∂post; one more clean forward, and a corrupt one under patching, per batch; ``hidden_means`` from
+    :meth:`Tracer.hidden_means` for the mean interventions) for MLP-neuron-level circuits.
     """
     tracer = tracer or Tracer(bridge)
-    g = tracer.shape
+    g, a = tracer.shape, tracer.anatomy
+    hidden_scores = torch.zeros(a.n_layers, a.d_mlp, dtype=torch.float64, device=tracer.device) if hidden else None
     scores, units, n_examples = edge_scores(tracer, batches, metric, method, intervention, ig_steps=ig_steps,
-                                            means=means, progress=progress)
+                                            means=means, hidden_scores=hidden_scores, hidden_means=hidden_means,
+                                            progress=progress)
     graph = Graph.empty(g.n_layers, g.n_heads, g.n_kv_heads, g.parallel,
                         meta=dict(method=method, intervention=intervention, n_examples=n_examples,
                                   ig_steps=ig_steps if "IG" in method else None))
     graph.scores = (scores / n_examples).cpu() * graph.valid
     graph.node_scores = graph.scores.sum(1)
     graph.neuron_scores = None if units is None else (units / n_examples).cpu()
+    graph.hidden_scores = None if hidden_scores is None else (hidden_scores / n_examples).cpu()
     return graph

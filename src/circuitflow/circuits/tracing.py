@@ -9,10 +9,17 @@
   ``hook_q/k/v`` through ``W_Q/K/V`` and the norm's vector-Jacobian product (see :mod:`.anatomy`), and dotted with
   the upstream differences Δ straight away, so scores accumulate in a ``[n_up, n_down]`` matrix and no
   ``[batch, pos, head, d_head, d_model]`` tensor is ever formed; the scores can keep positions apart
-  (position-aware circuits) and split each node's score over its output dimensions (neuron-level circuits);
+  (position-aware circuits), split each node's score over its output dimensions (neuron-level circuits) and score
+  the MLPs' hidden neurons (``hook_mlp_post``, MLP-neuron-level circuits);
 * :meth:`Tracer.run_masked` — a forward where every downstream input v receives Σ Δ_u over the upstream nodes u
-  whose edge u → v is masked out (circuit evaluation and exact edge patching), optionally at single positions or
-  on single output dimensions of nodes; several masks run at once, stacked in the batch dimension.
+  whose edge u → v is masked out (circuit evaluation and exact edge patching), optionally at single positions, on
+  single output dimensions of nodes, or with MLP hidden neurons set to their reference; several masks run at once,
+  stacked in the batch dimension.
+
+An MLP's output W_out · post + b_out is linear in its hidden activations ``post``, so setting the hidden neurons n
+outside a circuit to their reference changes it by Σ_n W_out[n] (ref_post_n − post_n): the MLP's Δ restricted to those
+neurons. Under patching and mean interventions the node's Δ is that sum over all n; under zero ablation the node's
+reference is 0 while every post_n = 0 still leaves b_out, so at hidden-neuron level the bias stays with the node.
 """
 
 from __future__ import annotations
@@ -95,9 +102,11 @@ class Tracer:
         return logits, torch.cat([part.to(self.device) for part in parts], dim=2)
 
     @torch.no_grad()
-    def reference(self, batch: PairBatch, intervention: Intervention, means: Tensor | None = None) -> Tensor:
+    def reference(self, batch: PairBatch, intervention: Intervention, means: Tensor | None = None, *,
+                  what: str = "means (Tracer.means") -> Tensor:
         """What each upstream node is replaced with, broadcastable to ``[batch, pos, n_up, d_model]``: the corrupt
-        run's outputs (patching), zeros, or means from :meth:`means` (``[1 or pos, n_up, d_model]``)."""
+        run's outputs (patching), zeros, or means from :meth:`means` (``[1 or pos, n_up, d_model]``; ``what`` names
+        them in errors)."""
         if intervention == "patching":
             return self.outputs(batch.corrupt)[1]
         if intervention == "zero":
@@ -105,7 +114,7 @@ class Tracer:
                                dtype=self.anatomy.layers[0].W_O.dtype)
         if intervention in ("mean", "mean-positional"):
             if means is None:
-                raise ValueError(f"intervention {intervention!r} needs means (Tracer.means on an intervention dataset)")
+                raise ValueError(f"intervention {intervention!r} needs {what} on an intervention dataset)")
             if intervention == "mean-positional" and means.shape[0] != batch.clean.shape[1]:
                 raise ValueError(f"mean-positional means cover {means.shape[0]} positions but the prompts have "
                                  f"{batch.clean.shape[1]}: compute them on prompts of the same token length")
@@ -113,11 +122,39 @@ class Tracer:
         raise ValueError(f"unknown intervention {intervention!r}: use one of {', '.join(INTERVENTIONS)}")
 
     @torch.no_grad()
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """The MLPs' hidden activations (``hook_mlp_post``) of a clean run, ``[batch, pos, n_layers, d_mlp]``."""
+        posts = self.layer_hooks("mlp_post")
+        store = self.capture(tokens, posts)[1]
+        return torch.stack([store[key].to(self.device) for key in posts], dim=2)
+
+    @torch.no_grad()
+    def hidden_reference(self, batch: PairBatch, intervention: Intervention, hidden_means: Tensor | None = None
+                         ) -> Tensor:
+        """What each MLP hidden neuron is replaced with, broadcastable to ``[batch, pos, n_layers, d_mlp]``: the
+        corrupt run's activations (patching), zeros, or means from :meth:`hidden_means`."""
+        if intervention == "patching":
+            return self.hidden(batch.corrupt)
+        if intervention == "zero":
+            a = self.anatomy
+            return torch.zeros(1, 1, a.n_layers, a.d_mlp, device=self.device, dtype=a.layers[0].W_O.dtype)
+        return self.reference(batch, intervention, hidden_means, what="hidden_means (Tracer.hidden_means")
+
+    @torch.no_grad()
     def means(self, token_batches: list[Tensor], positional: bool) -> Tensor:
         """Mean upstream outputs over an intervention dataset: ``[pos, n_up, d]`` (positional) or ``[1, n_up, d]``."""
+        return self._mean(token_batches, positional, lambda tokens: self.outputs(tokens)[1])
+
+    @torch.no_grad()
+    def hidden_means(self, token_batches: list[Tensor], positional: bool) -> Tensor:
+        """Mean MLP hidden activations over an intervention dataset: ``[pos or 1, n_layers, d_mlp]``."""
+        return self._mean(token_batches, positional, self.hidden)
+
+    def _mean(self, token_batches: list[Tensor], positional: bool, run) -> Tensor:
+        """The mean of ``run(tokens)`` ``[b, pos, n, d]`` over examples (and positions unless ``positional``)."""
         total, count = None, 0
         for tokens in token_batches:
-            outs = self.outputs(tokens)[1].float()
+            outs = run(tokens).float()
             summed = outs.sum(0) if positional else outs.sum((0, 1)).unsqueeze(0)
             total = summed if total is None else total + summed
             count += outs.shape[0] * (1 if positional else outs.shape[1])
@@ -128,13 +165,16 @@ class Tracer:
     # ------------------------------------------------------------------ gradients at downstream inputs
     def gradient_pass(self, batch: PairBatch, clean_logits: Tensor, metric: Metric, delta: Tensor, scores: Tensor, *,
                       edits: list[Edit] = (), up: slice = slice(None), weight: float = 1.0,
-                      unit_scores: Tensor | None = None) -> None:
+                      unit_scores: Tensor | None = None, hidden_scores: Tensor | None = None,
+                      delta_post: Tensor | None = None) -> None:
         """One forward/backward on ``batch.clean`` with ``edits`` applied; add ``weight · Σ_examples Σ_pos
         Δ_u · ∂L/∂x_v`` to ``scores[u, v]`` for upstream nodes u in ``up`` (L = Σ of the per-example metric).
 
         ``scores`` ``[n_up, n_down, pos]`` keeps positions apart (the sum over examples only). ``unit_scores``
         ``[n_up, d_model]``, if given, receives ``weight · Σ_examples Σ_pos Δ_u[i] · Σ_v ∂L/∂x_v[i]`` over the
-        downstream inputs v that read u: the node score split over the output dimensions i of u."""
+        downstream inputs v that read u: the node score split over the output dimensions i of u. ``hidden_scores``
+        ``[n_layers, d_mlp]``, if given, receives ``weight · Σ_examples Σ_pos Δpost_n · ∂L/∂post_n`` for the MLPs in
+        ``up``, ``delta_post`` ``[batch, pos, n_layers, d_mlp]`` being the hidden neurons' reference − clean."""
         a, g = self.anatomy, self.shape
         fwd: list = []
         store: dict[str, Tensor] = {}
@@ -161,6 +201,8 @@ class Tracer:
                 fwd.append((la.hooks[role], partial(keep, f"{role}{layer}")))
             for role in ("q", "k", "v", "mlp_in"):
                 bwd.append((la.hooks[role], partial(keep_grad, f"{role}{layer}")))
+            if hidden_scores is not None:
+                bwd.append((la.hooks["mlp_post"], partial(keep_grad, f"mlp_post{layer}")))
         with torch.enable_grad(), self.bridge.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
             logits = self.bridge(batch.clean)
             value = metric(logits, clean_logits, batch.lengths, batch.labels)
@@ -198,6 +240,12 @@ class Tracer:
             grad_x = norm_vjp(la.mlp_norm, store[f"mlp_norm_in{layer}"], grads[f"mlp_in{layer}"].unsqueeze(2))
             accumulate(g.upstream_before(layer, "mlp"), g.down(layer, "mlp"), grad_x)
         accumulate(g.n_up, slice(g.logits_down, g.logits_down + 1), grads["final"].unsqueeze(2))
+        if hidden_scores is not None:
+            for layer in range(a.n_layers):
+                if start <= g.mlp_up(layer) < stop:
+                    grad = grads[f"mlp_post{layer}"].to(delta_post.device, delta_post.dtype)
+                    part = torch.einsum("bpn,bpn->n", delta_post[:, :, layer], grad)
+                    hidden_scores[layer] += weight * part.to(hidden_scores.dtype)
 
     def rows_per_pass(self, pos: int, budget_bytes: int = 2**31, cap: int = 4096) -> int:
         """How many batch rows a masked forward may stack: its two ``[rows, pos, n_up, d_model]`` buffers of upstream
@@ -208,8 +256,8 @@ class Tracer:
 
     # ------------------------------------------------------------------ masked forward (evaluation, exact patching)
     @torch.no_grad()
-    def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor, *, cut_units: Tensor | None = None
-                   ) -> Tensor:
+    def run_masked(self, batch: PairBatch, missing: Tensor, reference: Tensor, *, cut_units: Tensor | None = None,
+                   hidden_cut: Tensor | None = None, hidden_reference: Tensor | None = None) -> Tensor:
         """Logits ``[n_masks * batch, pos, vocab]`` when every downstream input v receives Σ_u Δ_u over the
         upstream u with ``missing[i, u, v]`` (``missing`` is ``[n_masks, n_up, n_down]`` bool or weights; mask i runs
         on rows ``i*batch … (i+1)*batch-1``). Δ_u = reference_u − u's output in this very run.
@@ -217,7 +265,10 @@ class Tracer:
         ``missing`` ``[n_masks, n_up, n_down, pos]`` cuts edges at single positions: x_v at position p receives Δ_u
         at p where ``missing[i, u, v, p]``. ``cut_units`` ``[n_masks, n_up, d_model]`` (0/1 or weights) intervenes on
         output dimensions of nodes along their edges that ``missing`` keeps: such an edge carries ``cut_units[i, u] ⊙
-        Δ_u`` (a neuron-level circuit keeps the dimensions with 0)."""
+        Δ_u`` (a neuron-level circuit keeps the dimensions with 0). ``hidden_cut`` ``[n_masks, n_layers, d_mlp]`` (0/1
+        or weights) moves MLP hidden neurons to ``hidden_reference`` (:meth:`hidden_reference`) at ``hook_mlp_post``:
+        post + cut ⊙ (ref_post − post), which changes the MLP's output, read by every later node, by Σ_n cut_n
+        W_out[n] (ref_post_n − post_n); give it with ``missing`` keeping the MLPs' edges, or their Δ adds on top."""
         a, g = self.anatomy, self.shape
         n_masks, b = missing.shape[0], len(batch)
         missing = missing.to(self.device)
@@ -256,6 +307,12 @@ class Tracer:
         def keep(key, tensor, hook):
             store[key] = tensor
 
+        def gate_hidden(layer, tensor, hook):
+            post = tensor.unflatten(0, (n_masks, b))  # [mask, b, pos, d_mlp]
+            ref_post = hidden_reference[:, :, layer].to(tensor.device, tensor.dtype)  # [b or 1, pos or 1, d_mlp]
+            cut = hidden_cut[:, layer].to(tensor.device, tensor.dtype)[:, None, None, :]
+            return (post + cut * (ref_post - post)).flatten(0, 1)
+
         def edit_qkv(layer, role, weight, tensor, hook):
             s = shift(g.upstream_before(layer, "attn"), g.down(layer, role))
             if s is None:
@@ -282,6 +339,8 @@ class Tracer:
             fwd += [(h[r], partial(edit_qkv, layer, r, w)) for r, w in (("q", la.W_Q), ("k", la.W_K), ("v", la.W_V))]
             fwd.append((h["z"], partial(set_delta, g.head_up(layer), partial(head_outputs, la.W_O))))
             fwd.append((h["mlp_in"], partial(edit_mlp, layer)))
+            if hidden_cut is not None:
+                fwd.append((h["mlp_post"], partial(gate_hidden, layer)))
             fwd.append((h["mlp_out"], partial(set_delta, slice(g.mlp_up(layer), g.mlp_up(layer) + 1),
                                               lambda t: t.unsqueeze(2))))
         fwd.append((a.final_hook, edit_final))
