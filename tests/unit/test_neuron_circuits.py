@@ -32,6 +32,7 @@ from tests.unit.test_circuits import random_pairs
 def tiny(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     bridge = load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64")
+    bridge.arch = request.param  # for test_masked_runs.tolerances
     return bridge, Tracer(bridge)
 
 
@@ -159,7 +160,7 @@ def test_neuron_topn_and_threshold_pick_the_units_with_the_largest_scores(scored
         graph.prune()
     with pytest.raises(ValueError, match=r"^neuron mask has shape \(3, 2\); a neuron-level circuit needs \[\d+, 32\]"):
         graph.set_neurons(torch.ones(3, 2))
-    with pytest.raises(ValueError, match="^unknown circuit level 'units': use edge, node or neuron$"):
+    with pytest.raises(ValueError, match="^unknown circuit level 'units': use edge, node, neuron or mlp-neuron$"):
         graph.select("topn", 3, level="units")
     graph.select("topn", 5, level="node")  # other levels leave the neuron level
     assert graph.level == "node" and graph.neuron_in_graph is None

@@ -14,6 +14,9 @@ Worked example (a notebook; ``prompts`` is a prompt table from the workflow)::
     units = faithfulness_curve(bridge, graph, batches, logit_diff, level="neuron", tracer=tracer)  # n_up*d_model units
     graph.select("topn", 500, level="neuron")   # 500 (node, output dimension) units, the others intervened on
     to_eap_json(graph, "graph.json", d_model=bridge.cfg.d_model)   # EAP-IG / MIB's JSON (from_eap_json reads it)
+    graph = attribute(bridge, batches, logit_diff, "EAP-IG-inputs", hidden=True, tracer=tracer)  # + hidden_scores
+    graph.select("topn", 200, level="mlp-neuron")   # heads, input and MLP hidden neurons (hook_mlp_post) together
+    hidden = faithfulness_curve(bridge, graph, batches, logit_diff, level="mlp-neuron", tracer=tracer)
 """
 
 from circuitflow.circuits.agreement import agreement

@@ -14,12 +14,14 @@ edge u → v exists when u is computed before v reads the residual stream: heads
 only in sequential blocks (not in parallel GPT-NeoX/GPT-J blocks).
 
 A :class:`Graph` holds a dense ``scores[n_up, n_down]`` tensor, the ``valid`` edge mask and the ``in_graph`` circuit
-mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. A circuit has one of three levels
+mask; selection (top-n, threshold, greedy) and pruning rewrite ``in_graph``. A circuit has one of four levels
 (``docs/definitions.md#circuit-levels``): edge (any set of edges), node (``node_in_graph``, a set of upstream nodes;
-``in_graph`` is then exactly the valid outgoing edges of those nodes, which is what evaluation cuts around) or neuron
+``in_graph`` is then exactly the valid outgoing edges of those nodes, which is what evaluation cuts around), neuron
 (``neuron_in_graph`` ``[n_up, d_model]``, output dimensions of upstream nodes; ``in_graph`` is the valid outgoing
 edges of the nodes with a kept dimension, and evaluation also intervenes on the other dimensions,
-:meth:`Graph.cut_units`). Graphs save to ``.pt`` and load back, export a readable ``.json``, and convert to and from
+:meth:`Graph.cut_units`) or mlp-neuron (the input and heads as whole nodes, each MLP split into its hidden neurons,
+``hidden_in_graph`` ``[n_layers, d_mlp]``; evaluation sets the other hidden neurons to their reference,
+:meth:`Graph.hidden_cut`). Graphs save to ``.pt`` and load back, export a readable ``.json``, and convert to and from
 EAP-IG / MIB's JSON format (:mod:`.interop`).
 """
 
@@ -40,14 +42,14 @@ from circuitflow.io import atomic_path
 from circuitflow.names import component_name
 
 Selection = Literal["topn", "threshold", "greedy"]
-Level = Literal["edge", "node", "neuron"]
-LEVELS = ("edge", "node", "neuron")
+Level = Literal["edge", "node", "neuron", "mlp-neuron"]
+LEVELS = ("edge", "node", "neuron", "mlp-neuron")
 
 
 def check_level(level: str) -> None:
-    """Refuse a circuit level other than ``edge``, ``node`` or ``neuron`` with a one-line error."""
+    """Refuse a circuit level other than ``edge``, ``node``, ``neuron`` or ``mlp-neuron`` with a one-line error."""
     if level not in LEVELS:
-        raise ValueError(f"unknown circuit level {level!r}: use edge, node or neuron")
+        raise ValueError(f"unknown circuit level {level!r}: use edge, node, neuron or mlp-neuron")
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Graph:
     node_in_graph: Tensor | None = None  # [n_up] bool: the nodes of a node-level circuit; None for edge-level ones
     neuron_scores: Tensor | None = None  # [n_up, d_model]: node_scores split over each node's output dimensions
     neuron_in_graph: Tensor | None = None  # [n_up, d_model] bool: the kept units of a neuron-level circuit, else None
+    hidden_scores: Tensor | None = None  # [n_layers, d_mlp]: hidden neurons' Δpost · ∂L/∂post (sum: the MLP's score)
+    hidden_in_graph: Tensor | None = None  # [n_layers, d_mlp] bool: kept hidden neurons at mlp-neuron level, else None
 
     # ---------------------------------------------------------------- construction and indexing
     @classmethod
@@ -96,6 +100,12 @@ class Graph:
 
     def mlp_up(self, layer: int) -> int:
         return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def is_mlp(self) -> Tensor:
+        """``[n_up]`` bool: which upstream nodes are MLPs."""
+        mask = torch.zeros(self.n_up, dtype=torch.bool)
+        mask[[self.mlp_up(layer) for layer in range(self.n_layers)]] = True
+        return mask
 
     def down(self, layer: int, role: Literal["q", "k", "v", "mlp"]) -> slice:
         """Downstream indices of layer ``layer``'s query/key/value inputs or its MLP input."""
@@ -156,10 +166,13 @@ class Graph:
 
     @property
     def level(self) -> Level:
-        """``neuron`` when the circuit is a set of output units (:meth:`set_neurons`), ``node`` when it is a set of
-        nodes (:meth:`set_nodes`), else ``edge``."""
+        """``neuron`` when the circuit is a set of output units (:meth:`set_neurons`), ``mlp-neuron`` when it is a set
+        of non-MLP nodes and MLP hidden neurons (:meth:`set_mlp_neurons`), ``node`` when it is a set of nodes
+        (:meth:`set_nodes`), else ``edge``."""
         if self.neuron_in_graph is not None:
             return "neuron"
+        if self.hidden_in_graph is not None:
+            return "mlp-neuron"
         return "edge" if self.node_in_graph is None else "node"
 
     def set_nodes(self, nodes: Tensor) -> Graph:
@@ -167,9 +180,28 @@ class Graph:
         their valid outgoing edges, every other node has all of its outgoing edges intervened."""
         if nodes.shape != (self.n_up,):
             raise ValueError(f"node mask has shape {tuple(nodes.shape)}; a node-level circuit needs [{self.n_up}]")
-        self.node_in_graph, self.neuron_in_graph = nodes.bool().clone(), None
+        self.node_in_graph, self.neuron_in_graph, self.hidden_in_graph = nodes.bool().clone(), None, None
         self.in_graph = self.valid & self.node_in_graph[:, None]
         return self
+
+    def set_mlp_neurons(self, nodes: Tensor, hidden: Tensor) -> Graph:
+        """Make the circuit MLP-neuron-level (in place): ``nodes`` ``[n_up]`` bool are the kept input and heads (its
+        MLP entries are ignored), ``hidden`` ``[n_layers, d_mlp]`` bool the kept hidden neurons of each MLP. Kept
+        nodes, and MLPs with a kept neuron, keep their valid outgoing edges (``node_in_graph``); evaluation sets the
+        other hidden neurons to their reference (:meth:`hidden_cut`), so an MLP delivers the change of exactly those."""
+        if nodes.shape != (self.n_up,) or hidden.dim() != 2 or hidden.shape[0] != self.n_layers:
+            raise ValueError(f"mlp-neuron masks have shapes {tuple(nodes.shape)} and {tuple(hidden.shape)}; they need "
+                             f"[{self.n_up}] (upstream nodes) and [{self.n_layers}, d_mlp] (hidden neurons per MLP)")
+        self.set_nodes(torch.where(self.is_mlp(), False, nodes.bool()))
+        self.hidden_in_graph = hidden.bool().clone()
+        self.node_in_graph[self.is_mlp()] = self.hidden_in_graph.any(1)
+        self.in_graph = self.valid & self.node_in_graph[:, None]
+        return self
+
+    def hidden_cut(self) -> Tensor | None:
+        """``[n_layers, d_mlp]`` bool, the MLP hidden neurons evaluation sets to their reference
+        (``~hidden_in_graph``, for ``evaluate_masks(hidden_cut=...)``); None below mlp-neuron level."""
+        return None if self.hidden_in_graph is None else ~self.hidden_in_graph
 
     def set_neurons(self, neurons: Tensor) -> Graph:
         """Make the circuit neuron-level (in place): ``neurons`` ``[n_up, d_model]`` bool are the kept output
@@ -180,7 +212,7 @@ class Graph:
             width = "d_model" if d_model is None else d_model
             raise ValueError(f"neuron mask has shape {tuple(neurons.shape)}; a neuron-level circuit needs "
                              f"[{self.n_up}, {width}] (upstream nodes x output dimensions)")
-        self.neuron_in_graph, self.node_in_graph = neurons.bool().clone(), None
+        self.neuron_in_graph, self.node_in_graph, self.hidden_in_graph = neurons.bool().clone(), None, None
         self.in_graph = self.valid & self.neuron_in_graph.any(1)[:, None]
         return self
 
@@ -205,11 +237,11 @@ class Graph:
         was edited away from its nodes' outgoing edges."""
         nodes = self._circuit_nodes()
         if nodes is not None and not torch.equal(self.in_graph, self.valid & nodes[:, None]):
-            setter, field_name = ("set_neurons", "neuron_in_graph") if self.level == "neuron" else ("set_nodes",
-                                                                                                  "node_in_graph")
-            raise ValueError(f"in_graph no longer matches {field_name} (edited after {self.level}-level selection): "
-                             f"call graph.{setter}(...) again, or set graph.{field_name} = None for an edge-level "
-                             "circuit")
+            setter, fields = {"neuron": ("set_neurons", "neuron_in_graph"), "node": ("set_nodes", "node_in_graph"),
+                              "mlp-neuron": ("set_mlp_neurons", "node_in_graph and hidden_in_graph")}[self.level]
+            raise ValueError(f"in_graph no longer matches {fields} (edited after {self.level}-level selection): "
+                             f"call graph.{setter}(...) again, or set graph.{fields.replace(' and ', ' = graph.')} = "
+                             "None for an edge-level circuit")
         return self.in_graph
 
     def cut_units(self) -> Tensor | None:
@@ -249,14 +281,21 @@ class Graph:
 
     # ---------------------------------------------------------------- selection
     def _ranked(self, absolute: bool, level: Level = "edge") -> Tensor:
-        """Edge scores ``[n_up, n_down]`` (invalid edges -inf), node scores ``[n_up]`` or neuron scores
-        ``[n_up, d_model]``, absolute or signed."""
+        """Edge scores ``[n_up, n_down]`` (invalid edges -inf), node scores ``[n_up]``, neuron scores
+        ``[n_up, d_model]`` or, at mlp-neuron level, the non-MLP nodes' scores then the flattened hidden scores
+        ``[n_up - n_layers + n_layers * d_mlp]``, absolute or signed."""
         check_level(level)
+        if level in ("node", "mlp-neuron") and self.node_scores is None:
+            raise ValueError(f"{level}-level selection needs graph.node_scores (attribute() sets them; for a graph "
+                             "without them set graph.node_scores = graph.scores.sum(1))")
         if level == "node":
-            if self.node_scores is None:
-                raise ValueError("node-level selection needs graph.node_scores (attribute() sets them; for a graph "
-                                 "without them set graph.node_scores = graph.scores.sum(1))")
             return self.node_scores.abs() if absolute else self.node_scores
+        if level == "mlp-neuron":
+            if self.hidden_scores is None:
+                raise ValueError("mlp-neuron-level selection needs graph.hidden_scores: score the graph with "
+                                 "attribute(..., hidden=True) and a gradient method")
+            values = torch.cat([self.node_scores[~self.is_mlp()], self.hidden_scores.flatten().to(self.node_scores)])
+            return values.abs() if absolute else values
         if level == "neuron":
             if self.neuron_scores is None:
                 raise ValueError("neuron-level selection needs graph.neuron_scores, which attribute() sets for every "
@@ -267,20 +306,26 @@ class Graph:
 
     def _set_circuit(self, chosen: Tensor, level: Level) -> None:
         """Make ``chosen`` the circuit: upstream nodes ``[n_up]`` at node level, units ``[n_up, d_model]`` at neuron
-        level, edges ``[n_up, n_down]`` (valid ones only) at edge level."""
+        level, non-MLP nodes then hidden neurons (as :meth:`_ranked`) at mlp-neuron level, edges ``[n_up, n_down]``
+        (valid ones only) at edge level."""
         if level == "node":
             self.set_nodes(chosen)
         elif level == "neuron":
             self.set_neurons(chosen)
+        elif level == "mlp-neuron":
+            nodes = torch.zeros(self.n_up, dtype=torch.bool)
+            nodes[~self.is_mlp()] = chosen[: len(chosen) - self.hidden_scores.numel()]
+            self.set_mlp_neurons(nodes, chosen[len(chosen) - self.hidden_scores.numel() :].view(self.n_layers, -1))
         else:
             self.in_graph, self.node_in_graph, self.neuron_in_graph = self.valid & chosen, None, None
+            self.hidden_in_graph = None
 
     def n_units(self, level: Level) -> int:
-        """How many things a circuit of ``level`` is chosen from: valid edges, upstream nodes, or output units
-        (``n_up * d_model``)."""
+        """How many things a circuit of ``level`` is chosen from: valid edges, upstream nodes, output units
+        (``n_up * d_model``) or the input, heads and MLP hidden neurons (``n_up - n_layers + n_layers * d_mlp``)."""
         check_level(level)
-        if level == "neuron":
-            return int(self._ranked(True, "neuron").numel())
+        if level in ("neuron", "mlp-neuron"):
+            return int(self._ranked(True, level).numel())
         return self.n_valid_edges if level == "edge" else self.n_up
 
     def select_topn(self, n: int, absolute: bool = True, *, level: Level = "edge") -> Graph:
@@ -388,10 +433,13 @@ class Graph:
         return int(self.nodes_in_graph().sum())
 
     def count_neurons(self, d_model: int | None = None) -> int:
-        """Output units the circuit keeps: at neuron level its kept dimensions; at edge and node level ``d_model`` for
-        every writer with an outgoing circuit edge (``d_model`` defaults to :attr:`d_model`)."""
+        """Output units the circuit keeps: at neuron level its kept dimensions, at mlp-neuron level its kept MLP
+        hidden neurons; at edge and node level ``d_model`` for every writer with an outgoing circuit edge (``d_model``
+        defaults to :attr:`d_model`)."""
         if self.neuron_in_graph is not None:
             return int(self.neuron_in_graph.sum())
+        if self.hidden_in_graph is not None:
+            return int(self.hidden_in_graph.sum())
         d_model = d_model or self.d_model
         if d_model is None:
             raise ValueError("n_neurons needs d_model: the graph has no neuron_scores and meta has no 'd_model'; set "
@@ -410,7 +458,8 @@ class Graph:
         state = dict(n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
                      parallel=self.parallel, scores=self.scores, in_graph=self.in_graph, meta=self.meta,
                      node_scores=self.node_scores, node_in_graph=self.node_in_graph,
-                     neuron_scores=self.neuron_scores, neuron_in_graph=self.neuron_in_graph)
+                     neuron_scores=self.neuron_scores, neuron_in_graph=self.neuron_in_graph,
+                     hidden_scores=self.hidden_scores, hidden_in_graph=self.hidden_in_graph)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         with atomic_path(path) as tmp:
@@ -423,8 +472,8 @@ class Graph:
 
     def to_json(self, path: Path | str) -> None:
         """Write a readable ``.json``: shape, metadata, the circuit's level (its nodes at node level; at neuron level
-        each kept node's kept dimensions as ``[start, stop)`` ranges), and every valid edge with its score and
-        membership."""
+        each kept node's kept dimensions as ``[start, stop)`` ranges; at mlp-neuron level its nodes and each kept
+        MLP's kept hidden neurons as ranges), and every valid edge with its score and membership."""
         ups, downs = self.upstream_names(), self.downstream_names()
         idx = self.valid.nonzero().tolist()
         edges = [dict(source=ups[u], target=downs[d], score=float(self.scores[u, d]),
@@ -438,6 +487,10 @@ class Graph:
             doc["n_neurons_in_graph"] = self.n_neurons
             doc["neurons_in_graph"] = {ups[u]: unit_ranges(row) for u, row in enumerate(self.neuron_in_graph)
                                        if row.any()}
+        if self.hidden_in_graph is not None:
+            doc["n_neurons_in_graph"] = self.n_neurons
+            doc["hidden_in_graph"] = {ups[self.mlp_up(layer)]: unit_ranges(row)
+                                      for layer, row in enumerate(self.hidden_in_graph) if row.any()}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=1))
 

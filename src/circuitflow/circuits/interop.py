@@ -21,6 +21,7 @@ passed, else ``meta.level`` (ours), else ``meta.selection.level``, else ``neuron
 only some dimensions (only a neuron-level selection writes that), else ``edge``; at node level the nodes'
 ``in_graph`` is the circuit, at neuron level the writers' ``neurons``, and the edges' ``in_graph`` follows from it.
 ``neurons_scores`` on every writer load as :attr:`Graph.neuron_scores` (NaN, EAP-IG's "unscored", stays NaN).
+EAP-IG has no MLP hidden-neuron unit, so an mlp-neuron-level circuit is refused both ways.
 
 Grouped-query attention: EAP-IG ungroups key/value heads, so it has a key and a value input per query head, while
 ours are per key/value head (the input the group shares). The gradient at the shared input is the sum of the
@@ -66,6 +67,9 @@ def _node_in_graph(graph: Graph, in_eap: Tensor, owner: Tensor) -> Tensor:
 def to_eap_dict(graph: Graph, *, d_model: int | None = None) -> dict:
     """The graph as an EAP-IG/MIB JSON document (see the module docstring); ``d_model`` defaults to
     :attr:`Graph.d_model` (EAP-IG's loader needs it)."""
+    if graph.level == "mlp-neuron":
+        raise ValueError("to_eap_json: EAP-IG's JSON has no MLP hidden-neuron units; select the circuit at level "
+                         "'edge', 'node' or 'neuron' to export it (graph.save keeps the mlp-neuron level)")
     d_model = d_model if d_model is not None else graph.d_model
     if d_model is None:
         raise ValueError("to_eap_json: EAP-IG's cfg needs d_model and the graph has none (no neuron_scores, no "
@@ -186,6 +190,9 @@ def from_eap_dict(doc: dict, *, n_kv_heads: int | None = None, level: Level | No
         graph.neuron_scores = _unit_rows(rows, writers, "neurons_scores", graph.d_model, source)
     level = level or _default_level(doc, graph, writers)
     check_level(level)
+    if level == "mlp-neuron":
+        raise ValueError(f"{source}: EAP-IG's JSON has no MLP hidden-neuron units; import it at level 'edge', 'node' "
+                         "or 'neuron'")
     if level == "node":
         graph.set_nodes(torch.tensor([bool(x) for x in _node_field(doc, writers, "in_graph", level, source)]))
     elif level == "neuron":
