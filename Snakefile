@@ -20,6 +20,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/circuits.smk"
+include: "workflow/rules/positions.smk"
 include: "workflow/rules/localization.smk"
 include: "workflow/rules/heuristics.smk"
 include: "workflow/rules/figures.smk"
@@ -31,4 +32,5 @@ rule all:
     default_target: True
     input:
         all_outputs(),
+        position_outputs(),
         rules.report.output,
