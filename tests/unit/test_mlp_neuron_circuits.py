@@ -13,7 +13,15 @@ from functools import partial
 import pytest
 import torch
 
-from circuitflow.circuits import Graph, attribute, evaluate_graph, faithfulness_curve, from_eap_json, to_eap_json
+from circuitflow.circuits import (
+    Graph,
+    attribute,
+    evaluate_graph,
+    evaluate_masks,
+    faithfulness_curve,
+    from_eap_json,
+    to_eap_json,
+)
 from circuitflow.metrics import logit_diff
 from tests.unit.test_circuits import random_pairs
 from tests.unit.test_masked_runs import tolerances
@@ -117,12 +125,12 @@ def test_zero_ablation_keeps_the_mlp_bias(tiny, scored):  # noqa: F811
                                    rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("intervention", ["patching", "mean"])
+@pytest.mark.parametrize("intervention", ["patching", "mean", "mean-positional"])
 def test_mlps_with_all_or_none_of_their_neurons_are_the_node_circuit(tiny, scored, intervention):  # noqa: F811
     bridge, tracer = tiny
     graph, batch = scored
-    data = [random_pairs(6, seed=9).clean, random_pairs(6, seed=10).clean]
-    means = dict(means=tracer.means(data, positional=False), hidden_means=tracer.hidden_means(data, positional=False))
+    data, positional = [random_pairs(6, seed=9).clean, random_pairs(6, seed=10).clean], intervention != "mean"
+    means = dict(means=tracer.means(data, positional), hidden_means=tracer.hidden_means(data, positional))
     nodes = random_circuit(graph, 2)[0]
     nodes[graph.mlp_up(0)], nodes[graph.mlp_up(graph.n_layers - 1)] = False, True
     hidden = nodes[graph.is_mlp()][:, None].expand_as(graph.hidden_scores)
@@ -206,13 +214,20 @@ def test_mlp_neuron_circuit_edits_and_exact_scores_are_refused(tiny, scored):  #
     bridge, tracer = tiny
     graph, batch = scored
     graph.set_mlp_neurons(*random_circuit(graph, 0))
+    means = tracer.means([batch.clean], positional=False)
+    with pytest.raises(ValueError, match=r"^intervention 'mean' needs hidden_means \(Tracer.hidden_means on an"):
+        evaluate_graph(bridge, graph, [batch], logit_diff, "mean", means=means, tracer=tracer)
     graph.in_graph[0, -1] = ~graph.in_graph[0, -1]
     with pytest.raises(ValueError, match="no longer matches node_in_graph and hidden_in_graph .*set_mlp_neurons"):
         graph.circuit_edges()
     with pytest.raises(ValueError, match="gradient scores: use EAP or EAP-IG, not exact"):
         attribute(bridge, [batch], logit_diff, "exact", hidden=True, tracer=tracer, progress=False)
+    with pytest.raises(ValueError, match=r"need \[\d+\] \(upstream nodes\) and \[\d+, \d+\] \(hidden neurons per MLP"):
+        graph.set_mlp_neurons(torch.ones(graph.n_up, dtype=torch.bool), torch.ones(graph.n_layers, 3))
     with pytest.raises(ValueError, match=r"need \[\d+\] \(upstream nodes\) and \[\d+, d_mlp\]"):
-        graph.set_mlp_neurons(torch.ones(3, dtype=torch.bool), graph.hidden_scores > 0)
+        _without_hidden(graph).set_mlp_neurons(torch.ones(3, dtype=torch.bool), graph.hidden_scores > 0)
+    with pytest.raises(ValueError, match=r"^hidden_cut has shape \(1, \d+, 3\); the model needs \[n_masks, \d+, \d+\]"):
+        evaluate_masks(tracer, graph.valid[None], [batch], logit_diff, hidden_cut=torch.ones(1, graph.n_layers, 3))
 
 
 def test_faithfulness_curve_over_mlp_neuron_fractions(tiny, scored):  # noqa: F811

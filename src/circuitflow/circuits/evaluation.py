@@ -44,6 +44,10 @@ def evaluate_masks(tracer: Tracer, in_graph: Tensor, batches: Sequence[PairBatch
     valid = tracer.shape.valid.to(in_graph.device)
     missing = (valid[..., None] if in_graph.dim() == 4 else valid).unsqueeze(0) & ~in_graph.bool()
     if hidden_cut is not None:
+        a = tracer.anatomy
+        if tuple(hidden_cut.shape[1:]) != (a.n_layers, a.d_mlp):
+            raise ValueError(f"hidden_cut has shape {tuple(hidden_cut.shape)}; the model needs [n_masks, {a.n_layers}, "
+                             f"{a.d_mlp}] (layers x d_mlp hidden neurons)")
         missing[:, tracer.shape.is_mlp().to(missing.device)] = False
     rows = []
     for batch in batches:

@@ -189,9 +189,12 @@ class Graph:
         MLP entries are ignored), ``hidden`` ``[n_layers, d_mlp]`` bool the kept hidden neurons of each MLP. Kept
         nodes, and MLPs with a kept neuron, keep their valid outgoing edges (``node_in_graph``); evaluation sets the
         other hidden neurons to their reference (:meth:`hidden_cut`), so an MLP delivers the change of exactly those."""
-        if nodes.shape != (self.n_up,) or hidden.dim() != 2 or hidden.shape[0] != self.n_layers:
+        width = None if self.hidden_scores is None else int(self.hidden_scores.shape[1])
+        if nodes.shape != (self.n_up,) or hidden.dim() != 2 or hidden.shape[0] != self.n_layers or (
+                width is not None and hidden.shape[1] != width):
             raise ValueError(f"mlp-neuron masks have shapes {tuple(nodes.shape)} and {tuple(hidden.shape)}; they need "
-                             f"[{self.n_up}] (upstream nodes) and [{self.n_layers}, d_mlp] (hidden neurons per MLP)")
+                             f"[{self.n_up}] (upstream nodes) and [{self.n_layers}, {width or 'd_mlp'}] (hidden "
+                             "neurons per MLP)")
         self.set_nodes(torch.where(self.is_mlp(), False, nodes.bool()))
         self.hidden_in_graph = hidden.bool().clone()
         self.node_in_graph[self.is_mlp()] = self.hidden_in_graph.any(1)
