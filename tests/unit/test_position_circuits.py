@@ -195,6 +195,8 @@ def test_selection_picks_the_best_edge_and_node_position_pairs():
     assert torch.equal(graph.in_graph, graph.valid & graph.node_in_graph[:, None, :])
     with pytest.raises(ValueError, match="topn or threshold"):
         graph.select("greedy", 3)
+    with pytest.raises(ValueError, match="use edge or node"):
+        graph.select("topn", 3, level="neuron")
 
 
 def test_prune_keeps_only_pairs_on_paths():

@@ -36,6 +36,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -46,15 +47,23 @@ from circuitflow.arithmetic import prompt_text
 from circuitflow.circuits.attribution import METHODS, Method, edge_scores
 from circuitflow.circuits.data import PairBatch
 from circuitflow.circuits.evaluation import MIB_FRACTIONS, faithfulness_of_masks
-from circuitflow.circuits.graph import Graph, Level, check_level
+from circuitflow.circuits.graph import Graph
 from circuitflow.circuits.tracing import Intervention, Tracer, metric_values
 from circuitflow.io import atomic_path
 from circuitflow.metrics import Metric
 from circuitflow.prompts import prompt_prefix
 
+Level = Literal["edge", "node"]  # position-aware circuits have no neuron levels
+
 # one solved few-shot example "x op y=r" and the separator up to the next example
 SHOT = re.compile(r"(\d+)(\D+?)(\d+)(=)(\d+)(\D*)")
 SHOT_PARTS = ("op1", "operator", "op2", "=", "answer", "sep")
+
+
+def check_level(level: str) -> None:
+    """Refuse a position-aware circuit level other than ``edge`` or ``node`` with a one-line error."""
+    if level not in ("edge", "node"):
+        raise ValueError(f"position-aware circuit level {level!r} is not available: use edge or node")
 
 
 # ---------------------------------------------------------------------------------------------------- position labels
