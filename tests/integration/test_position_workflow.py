@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import matplotlib.image
 import pandas as pd
 import pytest
 import yaml
 
 from circuitflow.circuits.positions import PositionGraph
+from circuitflow.report import cpr_label
 from tests.integration.conftest import TINY, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -70,6 +73,11 @@ def test_faithfulness_table_has_every_level_and_size_and_its_anchors(results):
             assert recomputed.tolist() == pytest.approx(rows["faithfulness"].tolist())
         assert {(m, lv) for m, lv in table[["method", "level"]].itertuples(index=False)} == {
             (m, lv) for m in METHODS for lv in LEVELS}
+        areas = pd.read_parquet(results / f"toy/circuits/{op}/position_areas.parquet")
+        assert sorted(areas[["method", "level"]].itertuples(index=False, name=None)) == sorted(
+            (m, lv) for m in METHODS for lv in LEVELS)
+        assert areas["cpr"].between(-1, 2).all() and (areas["operator"] == op).all()
+        assert re.fullmatch(r"\d\.\d{3} \(.+\)", cpr_label(results / f"toy/circuits/{op}/position_areas.parquet"))
 
 
 def test_figures_decode(results):

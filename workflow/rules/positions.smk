@@ -10,7 +10,14 @@ position_outputs = lambda: expand(
     op=OPS,
     method=POSITION_METHODS,
 ) + expand(f"{RES}/figures/{{model}}/position_faithfulness_{{op}}.png", model=POSITION_MODELS, op=OPS)
-position_figure_labels = lambda wildcards, figure, method: dict(figure=figure, operator=wildcards.op, method=method)
+# Report labels of a position-aware figure: figure, operator, method ("all": every method) and the edge-level CPR (the
+# method's, or the best method's).
+position_figure_labels = lambda wildcards, figure, method: dict(
+    figure=figure,
+    operator=wildcards.op,
+    method=method or "all",
+    CPR=cpr_label(f"{RES}/{wildcards.model}/circuits/{wildcards.op}/position_areas.parquet", method),
+)
 
 
 rule attribute_positions:
@@ -22,6 +29,7 @@ rule attribute_positions:
         graphs=expand(f"{RES}/{{{{model}}}}/position_graphs/{{{{op}}}}/{{method}}.pt", method=POSITION_METHODS),
         json=expand(f"{RES}/{{{{model}}}}/position_graphs/{{{{op}}}}/{{method}}.json", method=POSITION_METHODS),
         curve=f"{RES}/{{model}}/circuits/{{op}}/position_faithfulness.parquet",
+        areas=f"{RES}/{{model}}/circuits/{{op}}/position_areas.parquet",
     log:
         f"{RES}/logs/attribute_positions/{{model}}_{{op}}.log",
     benchmark:
@@ -49,7 +57,7 @@ rule plot_position_faithfulness:
             caption="../report/position_faithfulness.rst",
             category="3 Circuits (EAP, EAP-IG)",
             subcategory="{model}",
-            labels=lambda wildcards: position_figure_labels(wildcards, "position faithfulness", "all"),
+            labels=lambda wildcards: position_figure_labels(wildcards, "position faithfulness", None),
         ),
         pdf=f"{RES}/figures/{{model}}/position_faithfulness_{{op}}.pdf",
     log:

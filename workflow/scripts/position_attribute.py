@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuitflow.circuits import area_scores
 from circuitflow.circuits.job import load_circuit_job
 from circuitflow.circuits.positions import attribute_positions, faithfulness_curve, most_common_length, position_labels
 from circuitflow.io import write_parquet
@@ -28,7 +29,7 @@ with snakemake_job(snakemake, torch_threads=True) as log:
                                device_map=perf.device_map)
     labels = position_labels(kept, job.tokenizer)
     log.info("positions: %s", ", ".join(labels))
-    metric, curves = get_metric(c["metric"]), []
+    metric, curves, areas = get_metric(c["metric"]), [], []
     for method, pt, js in zip(pc["methods"], snakemake.output.graphs, snakemake.output.json):
         graph = attribute_positions(job.bridge, job.batches, metric, method, c["intervention"], ig_steps=c["ig_steps"],
                                     means=job.means, positions=labels, tracer=job.tracer)
@@ -42,10 +43,12 @@ with snakemake_job(snakemake, torch_threads=True) as log:
                                        fractions=c["fractions"], absolute=c["absolute"], level=level, means=job.means,
                                        tracer=job.tracer)
             curves.append(with_labels(curve, method=method))
-            log.info("%s, %s level: faithfulness %s", method, level,
-                     ", ".join(f"{f:.3g}" for f in curve["faithfulness"]))
-    table = with_labels(pd.concat(curves, ignore_index=True), model=job.handle.name, revision=job.handle.revision,
-                        operator=op)
-    table["metric_name"] = c["metric"]
-    table["n_positions"] = len(labels)
+            areas.append(dict(method=method, level=level, **area_scores(curve), absolute=c["absolute"]))
+            log.info("%s, %s level: CPR %.3f, CMD %.3f", method, level, areas[-1]["cpr"], areas[-1]["cmd"])
+    table, area_table = pd.concat(curves, ignore_index=True), pd.DataFrame(areas)
+    for frame in (table, area_table):
+        with_labels(frame, model=job.handle.name, revision=job.handle.revision, operator=op)
+        frame["metric_name"] = c["metric"]
+        frame["n_positions"] = len(labels)
     write_parquet(table, snakemake.output.curve)
+    write_parquet(area_table, snakemake.output.areas)
