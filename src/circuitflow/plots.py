@@ -107,12 +107,13 @@ def accuracy_over_steps(table: pd.DataFrame, value: str = "accuracy", title: str
 
 
 # What a circuit's size counts at each level (the x axis of its faithfulness curve).
-LEVEL_UNITS = {"edge": "edges", "node": "nodes", "neuron": "neurons (output dimensions)"}
+LEVEL_UNITS = {"edge": "edges", "node": "nodes", "neuron": "neurons (output dimensions)",
+               "mlp-neuron": "input, heads and MLP neurons"}
 
 
 def faithfulness_curves(curve: pd.DataFrame, title: str):
     """Faithfulness against circuit size (fraction of the level's units, log scale): one panel per circuit level
-    (edge, node, neuron; the table's ``level`` column), one line per attribution method, one legend for all."""
+    (edge, node, neuron, mlp-neuron; the table's ``level`` column), one line per attribution method, one legend for all."""
     levels = list(dict.fromkeys(curve["level"]))
     methods = list(dict.fromkeys(curve["method"]))
     colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(methods)))

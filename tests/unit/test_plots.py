@@ -196,7 +196,7 @@ def test_a_24_layer_legend_stands_beside_the_importance_curves():
 METHODS = ["EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact"]
 
 
-@pytest.mark.parametrize("levels", [["edge"], ["edge", "node", "neuron"]])
+@pytest.mark.parametrize("levels", [["edge"], ["edge", "node", "neuron"], ["edge", "node", "neuron", "mlp-neuron"]])
 def test_faithfulness_panels_one_per_level_under_one_legend_that_covers_nothing(levels):
     curve = pd.DataFrame([dict(level=level, method=m, fraction=f, faithfulness=f ** (0.2 + i / 10))
                           for level in levels for i, m in enumerate(METHODS) for f in (0.001, 0.01, 0.1, 1.0)])

@@ -10,6 +10,10 @@ from circuitflow.snakejob import job_performance, snakemake_job
 from circuitflow.tables import with_labels
 
 
+# The unit scores a level's selection ranks, where they are not the edge and node scores every graph has.
+UNIT_SCORES = {"neuron": "neuron_scores", "mlp-neuron": "hidden_scores"}
+
+
 def level_selection(selection: str, level: str) -> str:
     """The selection a ``level``'s curve uses: greedy grows edge circuits only, so node and neuron curves use top-n."""
     return selection if level == "edge" else "topn"
@@ -25,8 +29,9 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     for method, path in zip(c["methods"], snakemake.input.graphs):
         graph = Graph.load(path)
         for level in c["levels"]:
-            if level == "neuron" and graph.neuron_scores is None:
-                log.info("%s: no neuron scores (the method scores edges only), so no neuron-level curve", method)
+            if level in UNIT_SCORES and getattr(graph, UNIT_SCORES[level]) is None:
+                log.info("%s: the graph has no %s (exact scores edges only; the attribute job scores no MLP hidden "
+                         "neurons yet), so no %s-level curve", method, UNIT_SCORES[level], level)
                 continue
             selection = level_selection(c["selection"], level)
             if selection != c["selection"]:
@@ -39,6 +44,9 @@ with snakemake_job(snakemake, torch_threads=True) as log:
             areas.append(dict(method=method, level=level, **area_scores(curve), selection=selection,
                               absolute=c["absolute"]))
             log.info("%s, %s level: CPR %.3f, CMD %.3f", method, level, areas[-1]["cpr"], areas[-1]["cmd"])
+    if not curves:
+        raise ValueError(f"circuits.levels {c['levels']}: no method's graph has the unit scores these levels select "
+                         "by; add edge or node to circuits.levels")
     table, area_table = pd.concat(curves, ignore_index=True), pd.DataFrame(areas)
     for frame in (table, area_table):
         with_labels(frame, model=job.handle.name, revision=job.handle.revision, operator=snakemake.wildcards.op)
