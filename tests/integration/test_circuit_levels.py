@@ -16,18 +16,19 @@ from circuitflow.circuits import Graph, area_scores
 ROOT = Path(__file__).resolve().parents[2]
 TINY = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
 OPS, METHODS = TINY["operators"], TINY["circuits"]["methods"]
-LEVELS = ["edge", "node", "neuron"]  # the schema's default circuits.levels
-FRACTIONS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]  # the schema's default circuits.fractions
+SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]["circuits"]
+LEVELS, FRACTIONS = (SCHEMA["properties"][key]["default"] for key in ("levels", "fractions"))  # tiny.yaml sets neither
+UNIT_SCORES = {"neuron": "neuron_scores", "mlp-neuron": "hidden_scores"}  # what a level's selection ranks
 DRAWN = "EAP-IG-inputs"  # the first EAP-IG method of the tiny config: its circuit is also drawn at node and neuron level
 pytestmark = pytest.mark.workflow
 
 
 def expected_pairs(results: Path, op: str) -> list[tuple[str, str]]:
-    """(method, level) of every curve: each method at each level, but neuron level only for a graph with neuron
-    scores (exact scores edges only)."""
+    """(method, level) of every curve: each method at each level whose unit scores its graph has (exact has no
+    neuron scores)."""
     graphs = {m: Graph.load(results / "toy" / "graphs" / op / f"{m}.pt") for m in METHODS}
     return [(m, level) for m in METHODS for level in LEVELS
-            if level != "neuron" or graphs[m].neuron_scores is not None]
+            if getattr(graphs[m], UNIT_SCORES.get(level, "scores")) is not None]
 
 
 @pytest.mark.parametrize("op", OPS)
