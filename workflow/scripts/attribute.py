@@ -16,8 +16,10 @@ with snakemake_job(snakemake, torch_threads=True) as log:
                            device_map=perf.device_map)
     graphs = {}
     for method, pt, js in zip(c["methods"], snakemake.output.graphs, snakemake.output.json):
+        # MLP hidden-neuron scores (the mlp-neuron level) for every gradient method: one more forward per batch
         graph = attribute(job.bridge, job.batches, get_metric(c["metric"]), method, c["intervention"],
-                          ig_steps=c["ig_steps"], means=job.means, tracer=job.tracer)
+                          ig_steps=c["ig_steps"], means=job.means, hidden=method != "exact",
+                          hidden_means=job.hidden_means, tracer=job.tracer)
         graph.meta.update(model=job.handle.name, revision=job.handle.revision, operator=op, metric=c["metric"],
                           provenance=current_provenance())
         graph.save(pt)

@@ -30,8 +30,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
         graph = Graph.load(path)
         for level in c["levels"]:
             if level in UNIT_SCORES and getattr(graph, UNIT_SCORES[level]) is None:
-                log.info("%s: the graph has no %s (exact scores edges only; the attribute job scores no MLP hidden "
-                         "neurons yet), so no %s-level curve", method, UNIT_SCORES[level], level)
+                log.info("%s: the graph has no %s (exact scores are edge scores only), so no %s-level curve", method,
+                         UNIT_SCORES[level], level)
                 continue
             selection = level_selection(c["selection"], level)
             if selection != c["selection"]:
@@ -39,7 +39,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
                          c["selection"])
             curve = faithfulness_curve(job.bridge, graph, job.batches, get_metric(c["metric"]), c["intervention"],
                                        fractions=c["fractions"], selection=selection, absolute=c["absolute"],
-                                       level=level, means=job.means, tracer=job.tracer)
+                                       level=level, means=job.means, hidden_means=job.hidden_means,
+                                       tracer=job.tracer)
             curves.append(with_labels(curve, method=method))
             areas.append(dict(method=method, level=level, **area_scores(curve), selection=selection,
                               absolute=c["absolute"]))

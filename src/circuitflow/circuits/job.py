@@ -26,7 +26,8 @@ class ModelJob:
 @dataclass
 class CircuitJob(ModelJob):
     batches: list[PairBatch]
-    means: Tensor | None
+    means: Tensor | None  # [pos or 1, n_up, d_model] upstream outputs, for the mean interventions
+    hidden_means: Tensor | None  # [pos or 1, n_layers, d_mlp] MLP hidden activations, likewise (mlp-neuron level)
 
 
 def load_model_job(handle_path: str, device: str, dtype: str, device_map: str | None) -> ModelJob:
@@ -39,13 +40,16 @@ def load_model_job(handle_path: str, device: str, dtype: str, device_map: str | 
 def load_circuit_job(handle_path: str, prompts_path: str, answers_paths: Sequence[str], circuits: dict, *,
                      device: str, dtype: str, device_map: str | None) -> CircuitJob:
     """Load the model and the prompt pairs; for ``mean``/``mean-positional`` interventions, average the upstream
-    outputs over every legal prompt of every operator (the ``answers`` tables), as the arithmetic paper does."""
+    outputs and the MLP hidden activations over every legal prompt of every operator (the ``answers`` tables), as
+    the arithmetic paper does."""
     job = load_model_job(handle_path, device, dtype, device_map)
     batches = pair_batches(read_table(prompts_path, PROMPT_SET_COLUMNS), job.tokenizer, circuits["batch_size"])
-    means = None
+    means = hidden_means = None
     if circuits["intervention"].startswith("mean"):
         texts = pd.concat([read_table(path, ["prompt"]) for path in answers_paths])["prompt"].tolist()
         positional = circuits["intervention"] == "mean-positional"
         length = batches[0].clean.shape[1] if positional else None
-        means = job.tracer.means(token_batches(job.tokenizer, texts, circuits["batch_size"], length), positional)
-    return CircuitJob(job.handle, job.bridge, job.tokenizer, job.tracer, batches, means)
+        tokens = token_batches(job.tokenizer, texts, circuits["batch_size"], length)
+        means = job.tracer.means(tokens, positional)
+        hidden_means = job.tracer.hidden_means(tokens, positional)
+    return CircuitJob(job.handle, job.bridge, job.tokenizer, job.tracer, batches, means, hidden_means)
