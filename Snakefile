@@ -32,5 +32,4 @@ rule all:
     default_target: True
     input:
         all_outputs(),
-        position_outputs(),
         rules.report.output,

@@ -198,10 +198,29 @@ def circuit_outputs(name):
     ) + [circuit_drawing_path(name, op, m, level) for op in OPS for m, level in CIRCUIT_DRAWINGS]
 
 
+POSITION_METHODS = CFG["position_circuits"]["methods"]
+
+
+def position_outputs(name):
+    """The position-aware stage's figures of one circuit model (their tables come with them)."""
+    return expand(f"{RES}/figures/{name}/position_circuits/{{op}}/{{method}}.png", op=OPS, method=POSITION_METHODS) + [
+        f"{RES}/figures/{name}/position_faithfulness_{op}.png" for op in OPS
+    ]
+
+
+def position_figure_labels(wildcards, figure, method):
+    """Report labels of a position-aware figure: figure, operator, method ("all": every method) and the edge-level
+    CPR (the method's, or the best method's)."""
+    areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/position_areas.parquet"
+    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr_label(areas, method)}
+
+
 def all_outputs():
     outputs = [f"{RES}/figures/accuracy.png"]
     for name in stage_models("circuits"):
         outputs += circuit_outputs(name)
+        if CFG["position_circuits"]["enabled"]:
+            outputs += position_outputs(name)
     for name in stage_models("localization"):
         outputs += localization_outputs(name) + heuristics_outputs(name)
         if MODELS[name].checkpoints:

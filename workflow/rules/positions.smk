@@ -1,24 +1,6 @@
 # Position-aware circuits (PEAP): graphs of (edge, position) pairs for the circuit models, per operator, on the
 # prompts of the operator's most common token length; faithfulness per level, drawings with a column per position.
 
-POSITION_METHODS = CFG["position_circuits"]["methods"]
-POSITION_MODELS = stage_models("circuits") if CFG["position_circuits"]["enabled"] else []
-# rule all's inputs from this stage. Lambdas, not defs: snakemake --lint wants functions in common.smk.
-position_outputs = lambda: expand(
-    f"{RES}/figures/{{model}}/position_circuits/{{op}}/{{method}}.png",
-    model=POSITION_MODELS,
-    op=OPS,
-    method=POSITION_METHODS,
-) + expand(f"{RES}/figures/{{model}}/position_faithfulness_{{op}}.png", model=POSITION_MODELS, op=OPS)
-# Report labels of a position-aware figure: figure, operator, method ("all": every method) and the edge-level CPR (the
-# method's, or the best method's).
-position_figure_labels = lambda wildcards, figure, method: dict(
-    figure=figure,
-    operator=wildcards.op,
-    method=method or "all",
-    CPR=cpr_label(f"{RES}/{wildcards.model}/circuits/{wildcards.op}/position_areas.parquet", method),
-)
-
 
 rule attribute_positions:
     input:
