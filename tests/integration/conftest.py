@@ -1,8 +1,10 @@
 """The finished tiny run (``tests/configs/tiny.yaml``, GPT-NeoX toy, four operators) that several integration tests
-read: built once per test session, in a temporary folder. Tests must not change its outputs (dry runs, copies)."""
+read: built once per test session, in a temporary folder. Tests must not change its outputs (dry runs, copies; a
+test that reruns jobs works on a :func:`copy_run` of it)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,13 @@ def snakemake(workdir: Path, configfile: Path, *args: str, cores: int = 2) -> su
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", str(cores), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+def copy_run(workdir: Path, to: Path) -> Path:
+    """Copy a finished run's working folder to ``to`` as a user would (symlinks kept, mtimes kept, so Snakemake finds
+    it up to date); returns ``to``."""
+    shutil.copytree(workdir, to, symlinks=True, copy_function=shutil.copy2)
+    return to
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Reruns cost only what changed: on a finished run of a reduced tiny config, a changed config key plans exactly the
+"""Reruns cost only what changed: on a copy of the session's finished tiny run, a changed config key plans exactly the
 jobs that read it (and their consumers), performance settings plan nothing, a real scoped rerun touches nothing
 else and a no-op rerun takes seconds. Every table and graph records its provenance; every job its benchmark."""
 
@@ -16,14 +16,19 @@ import pytest
 import yaml
 
 from circuitflow.provenance import read_provenance
+from tests.integration.conftest import ROOT, TINY, copy_run
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.workflow
+
+
+def tiny_config() -> dict:
+    """tests/configs/tiny.yaml: the config of the session's finished run."""
+    return yaml.safe_load(TINY.read_text())
 
 
 def base_config() -> dict:
     """tests/configs/tiny.yaml with one operator, one model and fewer methods, seeds, checkpoints (faster)."""
-    config = yaml.safe_load((ROOT / "tests/configs/tiny.yaml").read_text())
+    config = tiny_config()
     config["operators"] = ["add"]
     config["models"] = {"toy": config["models"]["toy"]}
     config["models"]["toy"]["recipe"]["checkpoint_steps"] = [0, 300]
@@ -32,9 +37,10 @@ def base_config() -> dict:
     return config
 
 
-def write_config(folder: Path, name: str, **changes) -> Path:
-    """The base config with ``changes`` (``section__key=value`` or ``key=value``) written to ``folder/name.yaml``."""
-    config = copy.deepcopy(base_config())
+def write_config(folder: Path, name: str, base: dict | None = None, **changes) -> Path:
+    """``base`` (default :func:`base_config`) with ``changes`` (``section__key=value`` or ``key=value``) written to
+    ``folder/name.yaml``."""
+    config = copy.deepcopy(base_config() if base is None else base)
     for dotted, value in changes.items():
         *sections, key = dotted.split("__")
         target = config
@@ -42,7 +48,7 @@ def write_config(folder: Path, name: str, **changes) -> Path:
             target = target[section]
         target[key] = value
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))  # keys in the file's order (params compare dicts in order)
     return path
 
 
@@ -59,11 +65,9 @@ def rules_in(run: subprocess.CompletedProcess) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("reruns")
-    run = snakemake(folder, write_config(folder, "base"))
-    assert run.returncode == 0, run.stderr[-4000:]
-    return folder
+def workdir(tmp_path_factory, tiny_workdir) -> Path:
+    """A copy of the session's finished tiny run: these tests rerun jobs in it."""
+    return copy_run(tiny_workdir, tmp_path_factory.mktemp("reruns") / "work")
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -74,12 +78,12 @@ def workdir(tmp_path_factory) -> Path:
       "plot_paper_faithfulness", "plot_heuristics", "plot_checkpoint_heuristics", "report", "all"}),
 ])
 def test_a_changed_key_plans_only_the_jobs_that_read_it(workdir, changes, expected):
-    assert rules_in(snakemake(workdir, write_config(workdir, "changed", **changes), "-n")) == expected
+    assert rules_in(snakemake(workdir, write_config(workdir, "changed", tiny_config(), **changes), "-n")) == expected
 
 
 def test_performance_settings_plan_nothing(workdir):
-    changed = write_config(workdir, "performance", batch_size=7, device_map="auto", circuits__batch_size=3,
-                           localization__batch_size=2)
+    changed = write_config(workdir, "performance", tiny_config(), batch_size=7, device_map="auto",
+                           circuits__batch_size=3, localization__batch_size=2)
     run = snakemake(workdir, changed, "-n")
     assert rules_in(run) == set() and "Nothing to be done" in run.stdout + run.stderr
 
@@ -89,19 +93,24 @@ def test_outputs_record_their_provenance_and_jobs_their_benchmarks(workdir):
 
     from circuitflow.circuits import Graph
 
+    config = tiny_config()
     results = workdir / "results"
     tables = [p for p in results.rglob("*.parquet") if ".partial" not in p.parts]
     assert len(tables) >= 20
     for path in tables:
         record = read_provenance(path)
         assert record is not None, path
-        assert record["model"] == "toy" and record["git"]["commit"] and record["packages"]["torch"], path
+        rel = path.relative_to(results)
+        model = rel.parts[1] if rel.parts[0] == "models" else rel.parts[0]  # results/[models/]<model>/...
+        assert record["model"] == model and record["git"]["commit"] and record["packages"]["torch"], path
         assert len(record["config_hash"]) == 12 and len(record["code"]) == 12, path
+    assert {read_provenance(p)["model"] for p in tables} == set(config["models"])
     ie_map = read_provenance(results / "toy/ie_maps/add.parquet")
-    assert ie_map["revision"] == "step600" and ie_map["config"]["loc"] == {"seeds": [0]}
+    assert ie_map["revision"] == f"step{config['models']['toy']['recipe']['steps']}"
+    assert ie_map["config"]["loc"] == {"seeds": config["localization"]["seeds"]}
     assert "batch_size" not in str(ie_map["config"])  # performance settings are not part of a job's config
     graph = Graph.load(results / "toy/graphs/add/EAP.pt")
-    assert graph.meta["provenance"]["config"]["circuits"]["methods"] == ["EAP", "exact"]
+    assert graph.meta["provenance"]["config"]["circuits"]["methods"] == config["circuits"]["methods"]
     assert graph.meta["provenance"]["packages"]["torch"] == torch.__version__
     bench = pd.read_csv(results / "benchmarks/attribute/toy_add.tsv", sep="\t")
     assert {"s", "max_rss"} <= set(bench.columns) and bench["s"].iloc[0] > 0
@@ -116,7 +125,7 @@ def test_a_scoped_rerun_touches_only_the_drawings_and_a_noop_rerun_is_fast(workd
     others = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file() and p.suffix != ".png"
               and not {"logs", "benchmarks", "tables"} & set(p.parts)}  # tables/: the report's pages (config shown)
     before = {p: p.stat().st_mtime_ns for p in drawings}
-    changed = write_config(workdir, "drawn", circuits__draw_edges=5)
+    changed = write_config(workdir, "drawn", tiny_config(), circuits__draw_edges=5)
     assert rules_in(snakemake(workdir, changed)) == {"draw_circuits", "report", "all"}
     assert all(p.stat().st_mtime_ns != before[p] for p in drawings)
     assert others == {p: p.stat().st_mtime_ns for p in others}
@@ -136,12 +145,11 @@ def test_a_moved_checkout_plans_nothing_on_a_finished_run(workdir, tmp_path):
     copied elsewhere find the finished run up to date."""
     import shutil
 
-    base = write_config(workdir, "base")
-    assert snakemake(workdir, base).returncode == 0  # up to date with the base config, whatever ran before
+    assert snakemake(workdir, TINY).returncode == 0  # up to date with the run's config, whatever ran before
     checkout = tmp_path / "checkout"
     shutil.copytree(ROOT / "workflow", checkout / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "Snakefile", checkout / "Snakefile")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(base), "--cores", "2", "-n"]
+           "--configfile", str(TINY), "--cores", "2", "-n"]
     moved = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rules_in(moved) == set() and "Nothing to be done" in moved.stdout + moved.stderr
