@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
 # Rules that only read tables or files and write small ones, or need the internet (download_model).
-LIGHT = {"report", "draw_circuits", "register_local", "download_model", "model_digest", "accuracy"}
+LIGHT = {"report", "draw_circuits", "draw_position_circuits", "register_local", "download_model", "model_digest", "accuracy"}
 
 
 def workflow_rules() -> set[str]:
