@@ -241,8 +241,12 @@ def test_circuit_figures_carry_their_cpr(browser, report):
     header = browser.js("return [...document.querySelectorAll('thead th')].map(th => th.textContent.trim())")
     assert header[:4] == ["figure", "operator", "method", "CPR"]
     methods = ["EAP", "EAP-IG-inputs", "EAP-IG-activations", "clean-corrupted", "exact"]
+    drawn = "EAP-IG-inputs"  # the method also drawn at node and neuron level, and the position-aware default
     assert sorted(r[:3] for r in rows) == sorted([["circuit graph", op, m] for op in OPS for m in methods]
-                                                 + [["faithfulness", op, "all"] for op in OPS])
+                                                 + [["circuit graph", op, drawn] for op in OPS for _ in range(2)]
+                                                 + [["position circuit", op, drawn] for op in OPS]
+                                                 + [[figure, op, "all"] for op in OPS
+                                                    for figure in ("faithfulness", "position faithfulness")])
     for figure, _, method, cpr in rows:  # the best method's CPR, or the method's own
         assert re.fullmatch(r"\d\.\d{3}" + (r" \(.+\)" if method == "all" else ""), cpr), (figure, method, cpr)
     assert browser.js(CLICK_ROW, "circuit graph", "EAP-IG-inputs", 0)

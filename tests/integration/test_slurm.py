@@ -1,8 +1,9 @@
 """The tiny DAG on a real one-node SLURM cluster (tests/cluster/slurm.py: Debian's slurmctld, slurmd and munge on this
 machine, no accounting) through the shipped profile workflow/profiles/slurm, with only a node-size overlay: jobs'
-threads and memory capped to what the node has, and short status-check intervals. Its tables must equal the local
-run's (the session fixture ``tiny_workdir``), no job may ask for a GPU (tiny.yaml says device: cpu), and the light
-rules must run on the submitting node."""
+threads and memory capped to what the node has, short status-check intervals, and the per-operator model jobs
+submitted together as one group job (each SLURM job costs two workflow parses, ~15 s on two cores, while a tiny job
+computes for seconds). Its tables must equal the local run's (the session fixture ``tiny_workdir``), no job may ask
+for a GPU (tiny.yaml says device: cpu), and the light rules must run on the submitting node."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ from tests.integration.conftest import ROOT, TINY
 
 PROFILE = ROOT / "workflow/profiles/slurm"
 LOCAL_THREADS = 2  # the local run's --cores: model jobs get the same threads on the cluster, so the same arithmetic
+# Submitted one by one (toy training with its own memory, the LoRA and its merge); every other submitted rule's jobs
+# go to SLURM together as one group job. Both ways run through the shipped profile's executor settings.
+ALONE = ("train_toy", "finetune_toy_lora", "merge_lora")
+GROUP = "tiny"
 
 
 def _skip_reason() -> str | None:
@@ -38,17 +43,24 @@ def _capped(resources: dict, mem_mb: int) -> dict:
     return {**resources, "mem_mb": min(resources["mem_mb"], mem_mb)} if "mem_mb" in resources else resources
 
 
-def node_overlay(profile: dict, cpus: int, mem_mb: int) -> dict:
+def node_overlay(profile: dict, cpus: int, mem_mb: int, grouped: set[str]) -> dict:
     """The profile entries a node of ``cpus`` CPUs and ``mem_mb`` MB overrides: threads and every job's memory capped
-    (half the node, so two jobs fit side by side; the real-model defaults ask for more than a CI machine has), and
-    status checks every few seconds instead of every 15+ (the tiny jobs take seconds). Nothing else changes."""
-    half = mem_mb // 2
+    (half the node; the real-model defaults ask for more than a CI machine has), status checks every few seconds
+    instead of every 15+ (the tiny jobs take seconds), and the ``grouped`` rules in one group job, which the cores and
+    memory limits keep within what one job may ask for (its jobs then run one after another, as here). Nothing else
+    changes."""
+    half, cores = mem_mb // 2, min(cpus, LOCAL_THREADS)
     return {
-        "max-threads": min(cpus, LOCAL_THREADS),
+        "max-threads": cores,
+        "cores": cores,
+        "resources": {"mem_mb": half},
         "slurm-init-seconds-before-status-checks": 2,
         "seconds-between-status-checks": 2,
+        "slurm-keep-successful-logs": True,  # test_light_rules_run_locally reads which rules each job ran
         "default-resources": _capped(profile["default-resources"], half),
         "set-resources": {rule: _capped(res, half) for rule, res in profile["set-resources"].items()},
+        "groups": {rule: GROUP for rule in sorted(grouped)},
+        "group-components": {GROUP: 1000},  # every connected part of the group in the same job
     }
 
 
@@ -58,6 +70,11 @@ def local_rule_names() -> set[str]:
     return set(re.findall(r"\w+", block.group(1)))
 
 
+def submitted_rules(local_run: Path) -> set[str]:
+    """The rules a cluster run submits: those the local run ran (one benchmark folder each) outside localrules."""
+    return {p.name for p in (local_run / "results/benchmarks").iterdir()} - local_rule_names()
+
+
 def submitted_jobs(env: dict[str, str]) -> list[str]:
     """``scontrol show job`` of every job the cluster still knows (MinJobAge keeps finished ones), one line each."""
     done = subprocess.run(["scontrol", "show", "job", "--oneliner"], env=env, capture_output=True, text=True,
@@ -65,9 +82,10 @@ def submitted_jobs(env: dict[str, str]) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.startswith("JobId=")]
 
 
-def rule_of(job_line: str) -> str:
-    """The rule of a job submitted by the SLURM executor (its comment is ``rule_{name}_wildcards_...``)."""
-    return re.search(r"\bComment=rule_(\w+?)(?:_wildcards_\S*)?(?:\s|$)", job_line).group(1)
+def rules_of(job_line: str) -> set[str]:
+    """The rules of the jobs a submitted SLURM job ran: the rule headers Snakemake wrote to its output file."""
+    log = Path(re.search(r"\bStdOut=(\S+)", job_line).group(1)).read_text()
+    return set(re.findall(r"^(?:rule|checkpoint) (\w+):$", log, re.MULTILINE))
 
 
 def result_files(workdir: Path) -> set[str]:
@@ -84,7 +102,8 @@ def cluster_run(tmp_path_factory, tiny_workdir):
     overlay.mkdir()
     cpus, mem_mb = node_size()
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    (overlay / "config.yaml").write_text(yaml.safe_dump(node_overlay(profile, cpus, mem_mb)))
+    grouped = submitted_rules(tiny_workdir) - set(ALONE)
+    (overlay / "config.yaml").write_text(yaml.safe_dump(node_overlay(profile, cpus, mem_mb, grouped)))
     with local_slurm(base / "cluster") as env:
         # what `make test` exports: torch's OpenMP threads wait passively (no change to any result, much faster on
         # shared cores)
@@ -129,11 +148,16 @@ def test_no_job_asks_for_a_gpu(cluster_run):
 
 
 def test_light_rules_run_locally(cluster_run, tiny_workdir):
-    """Exactly the rules outside cluster.smk's localrules were submitted; plots, report and digests ran here."""
+    """Exactly the rules outside cluster.smk's localrules were submitted (those of ALONE one job each, the others in
+    one group job); plots, report and digests ran here."""
     _, done, jobs = cluster_run
     assert done.returncode == 0
-    submitted = {rule_of(line) for line in jobs}
     ran = {p.name for p in (tiny_workdir / "results/benchmarks").iterdir()}
-    assert submitted == ran - local_rule_names()
+    by_job = [rules_of(line) for line in jobs]
+    assert all(by_job), "a submitted job ran no rule"
+    submitted = set().union(*by_job)
+    assert submitted == submitted_rules(tiny_workdir)
     assert {"train_toy", "prompts", "attribute"} <= submitted
     assert {"model_digest", "plot_training", "report"} <= ran - submitted
+    assert sorted(rules for rules in map(sorted, by_job) if len(rules) == 1) == [[rule] for rule in sorted(ALONE)]
+    assert sum(len(rules) > 1 for rules in by_job) == 1, "the grouped rules did not share one job"

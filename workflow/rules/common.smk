@@ -209,10 +209,16 @@ def position_outputs(name):
 
 
 def position_figure_labels(wildcards, figure, method):
-    """Report labels of a position-aware figure: figure, operator, method ("all": every method) and the edge-level
-    CPR (the method's, or the best method's)."""
+    """Report labels of a position-aware figure, the same as :func:`circuit_labels`: figure, operator, method ("all":
+    every method), the edge-level CPR (the method's, or the best method's) and the level (the drawing: edge)."""
     areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/position_areas.parquet"
-    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr_label(areas, method)}
+    return {
+        "figure": figure,
+        "operator": wildcards.op,
+        "method": method or "all",
+        "CPR": cpr_label(areas, method),
+        "level": "edge" if method else "all",
+    }
 
 
 def all_outputs():
