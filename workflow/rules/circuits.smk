@@ -81,6 +81,7 @@ rule plot_faithfulness:
 rule draw_circuits:
     input:
         graphs=expand(f"{RES}/{{{{model}}}}/graphs/{{{{op}}}}/{{method}}.pt", method=CIRCUIT_METHODS),
+        curve=f"{RES}/{{model}}/circuits/{{op}}/faithfulness.parquet",
     output:
         pngs=[
             report(
@@ -100,6 +101,7 @@ rule draw_circuits:
         ENV
     params:
         n_edges=CFG["circuits"]["draw_edges"],
+        faithfulness=CFG["circuits"]["draw_faithfulness"],
         absolute=CFG["circuits"]["absolute"],
         methods=CIRCUIT_METHODS,
         drawings=CIRCUIT_DRAWINGS,

@@ -146,9 +146,11 @@ CIRCUIT_METHODS = CFG["circuits"]["methods"]
 
 def circuit_drawings():
     """(method, level) of each circuit drawing: every method's edge-level circuit, then one method's node- and
-    neuron-level circuits (the first EAP-IG method's, else the first method's; exact scores no neurons)."""
+    neuron-level circuits where circuits.levels has them (the first EAP-IG method's, else the first method's; exact
+    scores no neurons)."""
     method = next((m for m in CIRCUIT_METHODS if "IG" in m), CIRCUIT_METHODS[0])
-    levels = ["node"] if method == "exact" else ["node", "neuron"]
+    drawn = ("node",) if method == "exact" else ("node", "neuron")
+    levels = [level for level in drawn if level in CFG["circuits"]["levels"]]
     return [(m, "edge") for m in CIRCUIT_METHODS] + [(method, level) for level in levels]
 
 
