@@ -213,7 +213,7 @@ def test_tables_open_and_no_link_is_broken(browser, report):
     _open(browser, report)
     assert browser.js(CLICK, "1 Headline tables")
     browser.wait("return document.querySelectorAll('tbody tr').length === 4")
-    assert browser.js(CLICK_ROW, "circuit CPR per method", None, 0)
+    assert browser.js(CLICK_ROW, "circuit CPR per method and level", None, 0)
     assert browser.wait("const f = document.querySelector('iframe[src^=\"data:text/html\"]'); return f && f.src")
     _shoot(browser, "table")
     # links: captions and the description link to results and categories (javascript:), the rest are buttons

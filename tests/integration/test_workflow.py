@@ -143,8 +143,9 @@ def test_circuit_tables_are_sane(run):
     for op in run.ops:
         curve = pd.read_parquet(run.results / "toy" / "circuits" / op / "faithfulness.parquet")
         assert set(curve["method"]) == set(run.methods)
-        full = curve[curve["fraction"] == 1.0]
-        assert full["faithfulness"].tolist() == pytest.approx([1.0] * len(run.methods), abs=1e-4)
+        full = curve[curve["fraction"] == 1.0]  # one row per (method, level): the whole model at every level
+        assert len(full) == len(curve.groupby(["method", "level"])) > len(run.methods)
+        assert full["faithfulness"].tolist() == pytest.approx([1.0] * len(full), abs=1e-4)
         assert (curve["metric_full"] > curve["metric_empty"]).all()  # logit difference drops when all is patched
         agreement = pd.read_parquet(run.results / "toy" / "circuits" / op / "agreement.parquet")
         assert sorted(agreement["method"]) == sorted(m for m in run.methods if m != "exact")
