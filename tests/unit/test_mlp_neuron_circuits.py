@@ -25,7 +25,7 @@ from circuitflow.circuits import (
 from circuitflow.metrics import logit_diff
 from tests.unit.test_circuits import random_pairs
 from tests.unit.test_masked_runs import tolerances
-from tests.unit.test_neuron_circuits import tiny  # noqa: F401  (gpt_neox: parallel blocks; llama_gqa: sequential)
+from tests.unit.test_node_circuits import corrupt_activations, tiny  # noqa: F401  (gpt_neox, llama_gqa)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,7 @@ def naive_hidden_patching(bridge, batch, nodes: torch.Tensor, hidden: torch.Tens
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     roles = ("attn.hook_z", "mlp.hook_post")
     names = ["blocks.0.hook_in"] + [f"blocks.{i}.{k}" for i in range(n_layers) for k in roles]
-    corrupt = {}
-
-    def store(name, tensor, hook):
-        corrupt[name] = tensor.clone()
-
-    with bridge.hooks(fwd_hooks=[(name, partial(store, name)) for name in names]):
-        bridge(batch.corrupt)
+    corrupt = corrupt_activations(bridge, batch.corrupt, names)
 
     def replace(name, cut, tensor, hook):
         return torch.where(cut.to(tensor.device), 0 if zero else corrupt[name], tensor)

@@ -15,7 +15,6 @@ import torch
 
 from circuitflow.circuits import (
     Graph,
-    Tracer,
     attribute,
     evaluate_graph,
     faithfulness_curve,
@@ -23,17 +22,10 @@ from circuitflow.circuits import (
     to_eap_json,
 )
 from circuitflow.metrics import logit_diff
-from circuitflow.models import ModelHandle, load_bridge
-from tests.conftest import save_tiny_model
 from tests.unit.test_circuits import random_pairs
+from tests.unit.test_node_circuits import corrupt_activations, tiny  # noqa: F401  (gpt_neox and llama_gqa, float64)
 
 
-@pytest.fixture(scope="module", params=["gpt_neox", "llama_gqa"])  # parallel blocks; sequential with GQA
-def tiny(request, tmp_path_factory):
-    path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
-    bridge = load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64")
-    bridge.arch = request.param  # for test_masked_runs.tolerances
-    return bridge, Tracer(bridge)
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +43,11 @@ def naive_unit_patching(bridge, tracer, batch, cut: torch.Tensor) -> torch.Tenso
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     cut = cut.double()
     names = ["blocks.0.hook_in"] + [f"blocks.{i}.{k}" for i in range(n_layers) for k in ("attn.hook_z", "hook_mlp_out")]
-    corrupt, run_z = {}, {}  # run_z: this run's z (upstream edits change it)
+    corrupt = corrupt_activations(bridge, batch.corrupt, names)
+    run_z = {}  # this run's z (upstream edits change it)
 
     def store(into, name, tensor, hook):
         into[name] = tensor.clone()
-
-    with bridge.hooks(fwd_hooks=[(name, partial(store, corrupt, name)) for name in names]):
-        bridge(batch.corrupt)
 
     def replace(name, rows, tensor, hook):
         return tensor + rows * (corrupt[name] - tensor)

@@ -32,6 +32,7 @@ from tests.unit.test_circuits import assert_full_is_clean_and_empty_is_corrupt, 
 def tiny(request, tmp_path_factory):
     path = save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))
     bridge = load_bridge(ModelHandle("tiny", str(path)), device="cpu", dtype="float64")
+    bridge.arch = request.param  # for test_masked_runs.tolerances
     return bridge, Tracer(bridge)
 
 
@@ -42,18 +43,24 @@ def scored(tiny):
     return attribute(bridge, [batch], logit_diff, "EAP", tracer=tracer, progress=False), batch
 
 
+def corrupt_activations(bridge, tokens: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """The activations at hooks ``names`` of a plain run on ``tokens``."""
+    store = {}
+
+    def keep(name, tensor, hook):
+        store[name] = tensor.clone()
+
+    with bridge.hooks(fwd_hooks=[(name, partial(keep, name)) for name in names]):
+        bridge(tokens)
+    return store
+
+
 def naive_node_patching(bridge, batch, keep: list[str]) -> torch.Tensor:
     """Logit difference per example when every node not named in ``keep`` outputs its corrupt-run value: the
     embedding at blocks.0.hook_in, each head's slice of hook_z, each MLP's hook_mlp_out."""
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     names = ["blocks.0.hook_in"] + [f"blocks.{i}.{k}" for i in range(n_layers) for k in ("attn.hook_z", "hook_mlp_out")]
-    corrupt = {}
-
-    def store(name, tensor, hook):
-        corrupt[name] = tensor.clone()
-
-    with bridge.hooks(fwd_hooks=[(name, partial(store, name)) for name in names]):
-        bridge(batch.corrupt)
+    corrupt = corrupt_activations(bridge, batch.corrupt, names)
 
     def replace(name, cut, tensor, hook):
         tensor = tensor.clone()
