@@ -179,8 +179,8 @@ def check_fits(dictionary: SparseDictionary, bridge) -> None:
     cfg = bridge.cfg
     width = int(cfg.d_model) if dictionary.info.site == "mlp" else int(cfg.n_heads) * int(cfg.d_head)
     if (dictionary.d_in, dictionary.d_out) != (width, width):
-        raise ValueError(f"dictionary {dictionary.info.name} maps {dictionary.d_in} -> {dictionary.d_out} dims, but "
-                         f"the model's {dictionary.info.site} site has {width}: load the dictionary made for this model")
+        raise ValueError(f"dictionary {dictionary.info.name} maps {dictionary.d_in} -> {dictionary.d_out} dims but "
+                         f"the model's {dictionary.info.site} site has {width}: load a dictionary made for this model")
     if not 0 <= dictionary.info.layer < int(cfg.n_layers):
         raise ValueError(f"dictionary {dictionary.info.name}: layer {dictionary.info.layer} is outside the model's "
                          f"0..{int(cfg.n_layers) - 1}")
