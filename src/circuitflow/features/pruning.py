@@ -215,7 +215,7 @@ def replacement_score(graph: AttributionGraph) -> float:
 
 
 def completeness_score(graph: AttributionGraph) -> float:
-    """Average over nodes, weighted by ``influence + w``, of the share of the node's normalized input not from errors."""
+    """Average over nodes, weighted by ``influence + w``, of each node's share of normalized input not from errors."""
     kinds = node_kinds(graph)
     normalized = normalize_matrix(graph.adjacency)
     weights = _node_weights(normalized, graph.logit_probabilities, kinds.logit_index)

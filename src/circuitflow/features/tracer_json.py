@@ -12,7 +12,7 @@ Nodes, as circuit-tracer writes them where it can:
 
 - MLP transcoder feature ``f`` of layer ``l`` at position ``p``: ``node_id`` ``"{l}_{f}_{p}"``, ``feature`` the Cantor
   pairing of ``(l, f)``, ``feature_type`` ``"cross layer transcoder"`` (the type the viewer shows as a feature).
-- Attention SAE feature (circuit-tracer has none): ``"A{l}_{f}_{p}"``, ``feature`` ``-3 − cantor(l, f)`` (distinct from
+- Attention SAE feature (circuit-tracer has none): ``"A{l}_{f}_{p}"``, ``feature`` ``-3 − cantor(l, f)`` (unlike
   the MLP features' and the errors' in the viewer's ``{layer}_{feature}_{ctx_idx}`` key), ``"attention sae feature"``.
 - Error node of site ``s`` (``mlp``/``attn``): ``"err_{s}{l}_{p}"``, ``feature`` −1 (mlp) or −2 (attn),
   ``"{s} reconstruction error"``. circuit-tracer's ``"0_{l}_{p}"`` collides with feature ``l`` of layer 0 at ``p``.
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from circuitflow.features.pruning import cumulative_influence, graph_influence, node_kinds
+from circuitflow.features.pruning import cumulative_influence, graph_influence
 
 if TYPE_CHECKING:
     from circuitflow.features.attribution import AttributionGraph
@@ -51,8 +51,6 @@ INDEX_FILE = "graph-metadata.json"
 def cantor_pairing(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The Cantor pairing ``(x + y)(x + y + 1)/2 + y`` of non-negative integer arrays (one integer per pair)."""
     return (x + y) * (x + y + 1) // 2 + y
-
-
 
 
 def _node_records(graph: AttributionGraph, keep: np.ndarray) -> pd.DataFrame:
@@ -71,7 +69,7 @@ def _node_records(graph: AttributionGraph, keep: np.ndarray) -> pd.DataFrame:
     vocab = np.where(token_id >= 0, token_id, logit_rank)
     probability = np.zeros(len(nodes))
     probability[is_logit] = graph.logit_probabilities.detach().cpu().double().numpy()
-    layer_s, pos_s, feature_s = (pd.Series(a.astype(str)) for a in (layer, pos, feature))
+    layer_s, pos_s, feature_s, site_s = (pd.Series(a.astype(str)) for a in (layer, pos, feature, site))
     n_layers = int(layer[is_logit].max()) if is_logit.any() else int(layer.max()) + 1
     cumulative = cumulative_influence(graph_influence(graph)).detach().cpu().double().numpy()
     activation = nodes["activation"].to_numpy(float)
@@ -80,7 +78,7 @@ def _node_records(graph: AttributionGraph, keep: np.ndarray) -> pd.DataFrame:
         "node_id": np.select(
             [is_mlp_feature, is_attn_feature, is_error, kind == "embedding"],
             [layer_s + "_" + feature_s + "_" + pos_s, "A" + layer_s + "_" + feature_s + "_" + pos_s,
-             "err_" + pd.Series(site) + layer_s + "_" + pos_s, "E_" + key + "_" + pos_s],
+             "err_" + site_s + layer_s + "_" + pos_s, "E_" + key + "_" + pos_s],
             "L_" + key + "_" + pos_s),
         "feature": np.select([is_mlp_feature, is_attn_feature, is_error, is_logit],
                              [paired, -3 - paired, np.where(site == "attn", -2, -1), vocab], pos),
@@ -88,14 +86,14 @@ def _node_records(graph: AttributionGraph, keep: np.ndarray) -> pd.DataFrame:
         "ctx_idx": pos,
         "feature_type": np.select(
             [is_mlp_feature, is_attn_feature, is_error, kind == "embedding"],
-            ["cross layer transcoder", "attention sae feature", pd.Series(site) + " reconstruction error", "embedding"],
+            ["cross layer transcoder", "attention sae feature", site_s + " reconstruction error", "embedding"],
             "logit"),
         "token_prob": probability,
         "is_target_logit": is_logit & (logit_rank == 0),
         "run_idx": 0,
         "reverse_ctx_idx": 0,
         "clerp": np.where(is_logit, 'Output "' + token + '" (p=' + pd.Series(probability).map("{:.3f}".format) + ")",
-                          np.where(is_error & (label == ""), "Err: " + pd.Series(site) + layer_s + ' "' + token + '"',
+                          np.where(is_error & (label == ""), "Err: " + site_s + layer_s + ' "' + token + '"',
                                    label)),
         "influence": np.where(is_logit, None, cumulative.astype(object)),
         "activation": np.where(is_feature, activation.astype(object), None),
@@ -111,14 +109,13 @@ def _node_records(graph: AttributionGraph, keep: np.ndarray) -> pd.DataFrame:
 
 def to_circuit_tracer_json(graph: AttributionGraph, node_mask: Tensor, edge_mask: Tensor, slug: str,
                            scan: str | list[str] | None = None, node_threshold: float | None = None) -> dict[str, Any]:
-    """circuit-tracer's graph JSON (a dict) of ``graph`` pruned to ``node_mask`` ``[n]`` and ``edge_mask[target, source]``
-    ``[n, n]`` (from :func:`~circuitflow.features.pruning.prune`).
+    """circuit-tracer's graph JSON (a dict) of ``graph`` pruned to ``node_mask`` ``[n]`` and
+    ``edge_mask[target, source]`` ``[n, n]`` (from :func:`~circuitflow.features.pruning.prune`).
 
     ``scan`` names the dictionaries (circuit-tracer's transcoder set; default ``graph.model``); a list of names (one
     per layer) is written as ``transcoder_list`` with scan ``"custom-<hash>"``. ``node_threshold`` is recorded.
     """
     n = len(graph.nodes)
-    node_kinds(graph)
     if tuple(node_mask.shape) != (n,) or tuple(edge_mask.shape) != (n, n):
         raise ValueError(f"node_mask must be [{n}] and edge_mask [{n}, {n}], got {list(node_mask.shape)} and "
                          f"{list(edge_mask.shape)}; pass the masks prune() returns for this graph")
