@@ -112,15 +112,26 @@ def test_a_planted_heuristic_feature_is_classified_and_its_shuffle_is_not():
     gen = torch.Generator().manual_seed(0)
     planted = torch.from_numpy(answers["op1"].to_numpy() % 5 == 0).double() + 0.01 * torch.rand(len(answers),
                                                                                                  generator=gen)
-    acts = torch.stack([planted, planted[torch.randperm(len(answers), generator=gen)]], 1)  # [P, 2]
-    chosen = pd.DataFrame(dict(dictionary=["mlp3", "attn2"], site=["mlp", "attn"], layer=[3, 2], feature=[7, 1],
-                               importance=[2.0, 1.0], rank=[0, 0]))
-    found = classify_feature_activations(acts, torch.ones_like(acts), chosen, answers, null_permutations=9)
+    # feature 0 fires on op1 ≡ 0 mod 5, feature 1 is its shuffle, feature 2 fires on results ≡ 3 mod 7 (a result
+    # heuristic, ranked by activation × direct logit; the null shuffles activations, so it must come from them)
+    on_result = torch.from_numpy(answers["answer"].to_numpy() % 7 == 3).double()
+    acts = torch.stack([planted, planted[torch.randperm(len(answers), generator=gen)],
+                        on_result + 0.01 * torch.rand(len(answers), generator=gen, dtype=torch.double)], 1)  # [P, 3]
+    logits = 1 + 0.1 * torch.rand(answers["answer"].max() + 1, generator=gen, dtype=torch.double)[answers["answer"]]
+    logits = logits[:, None].expand(-1, 3)  # a direct logit per result, as a feature's would be
+    chosen = pd.DataFrame(dict(dictionary=["mlp3", "attn2", "attn2"], site=["mlp", "attn", "attn"], layer=[3, 2, 2],
+                               feature=[7, 1, 4], importance=[2.0, 1.0, 0.5], rank=[0, 0, 1]))
+    found = classify_feature_activations(acts, logits, chosen, answers, null_permutations=9)
     table = found.table
     implemented = table[table["matched"] & table["beats_null"]]
-    assert set(zip(implemented["dictionary"], implemented["feature"], implemented["heuristic"])) == {
-        ("mlp3", 7, "op1_mod_0mod5")}
-    assert set(table["dictionary"]) == {"mlp3", "attn2"} and (table.loc[table["dictionary"] == "attn2", "layer"] == 2).all()
+    found_by = implemented.groupby(["dictionary", "feature"])["heuristic"].agg(set).to_dict()
+    assert found_by.keys() == {("mlp3", 7), ("attn2", 4)}  # not the shuffle
+    # the planted rules, and finer ones inside them that the noise happens to rank first (op1 ≡ 0 mod 10, the
+    # results of the largest direct logit)
+    assert "op1_mod_0mod5" in found_by["mlp3", 7] and all(h.startswith("op1_") for h in found_by["mlp3", 7])
+    assert "result_mod_3mod7" in found_by["attn2", 4] and all(h.startswith("result") for h in found_by["attn2", 4])
+    assert set(table["dictionary"]) == {"mlp3", "attn2"}
+    assert (table.loc[table["dictionary"] == "attn2", "layer"] == 2).all()  # names restored from ``chosen``
     maps = found.maps(answers, 1)
     assert len(maps) == len(answers) and maps["best_heuristic"].eq("op1_mod_0mod5").all()
     assert maps["activation"].to_numpy() == pytest.approx(planted.numpy(), abs=1e-6)

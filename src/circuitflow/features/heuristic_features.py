@@ -183,7 +183,7 @@ def classify_features(bridge, tokenizer, answers: pd.DataFrame, dictionaries: Se
                                              batch_size=batch_size)
     logits = answer_logits(bridge, dictionaries, answers["answer_token"].to_numpy(), anatomy)
     chosen = feature_importance(activations, logits, index, top_n)
-    rows = torch.from_numpy(chosen["row"].to_numpy())
+    rows = torch.tensor(chosen["row"].to_numpy())
     return classify_feature_activations(activations[rows].T, logits[rows].T, chosen, answers, spec=spec,
                                         threshold=threshold, two_sided=two_sided, null_permutations=null_permutations,
                                         seed=seed, device=input_device(bridge))
