@@ -232,7 +232,7 @@ def test_the_feature_stage_and_knockout_comparison_on_the_toy_model(toy, toy_han
                          answers["correct"].to_numpy())
     table = knockout_comparison(bridge, tokenizer, answers, found, neurons, dictionaries, min_features=1,
                                 min_neurons=1, max_prompts=10, seed=0)
-    assert list(table.columns[:4]) == ["heuristic", "n_features", "n_neurons", "n_prompts"]
+    assert len(table) and list(table.columns[:4]) == ["heuristic", "n_features", "n_neurons", "n_prompts"]
     drops = table.filter(like="drop_")
     assert ((drops >= 0) & (drops <= 1)).all().all() and (table["n_prompts"] <= 10).all()
     assert table["specificity_features"].to_numpy() == pytest.approx(
