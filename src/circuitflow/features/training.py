@@ -42,7 +42,8 @@ DECAY_FRACTION = 0.2  # the learning rate decays linearly to 0 over this last fr
 @dataclass(frozen=True)
 class DictionarySpec:
     """How to train a dictionary: ``n_features = expansion · d_in``; ``k`` for topk; ``l1`` the sparsity coefficient
-    of relu / jumprelu; ``skip`` adds a linear skip connection to transcoders (SAEs never skip)."""
+    of relu (an L1 penalty: ~0.1 on the toy) / jumprelu (an L0 penalty: ~1e-3..1e-2); ``skip`` adds a linear skip
+    connection to transcoders (SAEs never skip)."""
 
     activation: str = "topk"
     expansion: int = 8
