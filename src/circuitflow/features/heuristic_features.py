@@ -195,7 +195,8 @@ def classify_feature_activations(activations: Tensor, logits: Tensor, chosen: pd
                                  device: str | torch.device = "cpu") -> FeatureClassification:
     """The matching step of :func:`classify_features` on activations computed elsewhere: ``activations`` and
     ``logits`` (direct logit of each prompt's answer) ``[P, N]`` of the N features described by ``chosen`` (columns
-    ``dictionary, site, layer, feature, importance, rank``)."""
+    ``dictionary, site, layer, feature, importance, rank``); ``answers``' ``correct`` column, when present, marks
+    the prompts the model answers (the knockouts' prompts; none without it)."""
     units = torch.arange(len(chosen))
     op1, op2, result = (answers[c].to_numpy() for c in ("op1", "op2", "answer"))
     found = classify(activations, logits, torch.stack([units, units], 1), op1, op2, result, spec=spec,
@@ -316,7 +317,7 @@ def knockout_comparison(bridge, tokenizer, answers: pd.DataFrame, features: Feat
     tracer = Tracer(bridge, Anatomy.from_bridge(bridge))
     rng, rows = np.random.default_rng(seed), []
     for name in sorted(set(feature_rows["heuristic"]) & set(neuron_rows["heuristic"])):
-        f_cols = np.unique(feature_rows.loc[feature_rows["heuristic"] == name, "layer"].to_numpy())
+        f_cols = np.unique(feature_rows.loc[feature_rows["heuristic"] == name, "layer"].to_numpy())  # rows of chosen
         n_keys = set(zip(*(neuron_rows.loc[neuron_rows["heuristic"] == name, c] for c in ("layer", "neuron"))))
         assoc, other = np.flatnonzero(masks[name]), np.flatnonzero(~masks[name])
         n = min(max_prompts, len(assoc), len(other))
