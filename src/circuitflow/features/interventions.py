@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 
 from circuitflow.circuits.anatomy import probe_rows
+from circuitflow.circuits.data import indexed_token_batches
 from circuitflow.features.dictionary import SparseDictionary, hook_names
+from circuitflow.features.formats import check_fits
 from circuitflow.metrics import Metric, get_metric
 from circuitflow.models.contract import input_device
 
@@ -321,3 +323,128 @@ def intervention_effects(bridge, tokens: Tensor, labels: Tensor,
     summary = pd.concat(frames, ignore_index=True)
     summary.attrs["mean_change"] = float((after - before).mean())
     return summary, pd.concat(tidy, ignore_index=True) if tidy else pd.DataFrame(columns=PATTERN_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------- configured runs
+EFFECT_COLUMNS = ["operator", "intervention", "label", "quantity", "layer", "head", "prompt", "before", "after",
+                  "change"]
+
+
+def empty_intervention_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``(effects, patterns)`` tables of :func:`run_configured_interventions` without rows, columns typed."""
+    ints, floats = ["intervention", "layer", "head", "prompt", "query", "key"], ["before", "after", "change"]
+    columns = (EFFECT_COLUMNS, ["operator", *PATTERN_COLUMNS])
+    return tuple(pd.DataFrame({c: pd.Series(dtype="int64" if c in ints else "float64" if c in floats else "object")
+                               for c in names}) for names in columns)
+
+
+def checked_interventions(specs: Sequence[Mapping], dictionaries: Mapping[str, SparseDictionary],
+                          shortest_prompt: int) -> list[FeatureIntervention]:
+    """The config's ``features.interventions`` as objects; an entry that is malformed, names a dictionary or a
+    feature the model does not have, or a position outside prompts of ``shortest_prompt`` tokens raises a one-line
+    ValueError naming ``features.interventions[i]``."""
+    checked = []
+    for i, spec in enumerate(specs):
+        field = f"features.interventions[{i}]"
+        try:
+            intervention = FeatureIntervention.from_dict(spec)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{field}: {err}") from None
+        dictionary = dictionaries.get(intervention.dictionary)
+        if dictionary is None:
+            raise ValueError(f"{field}.dictionary: {intervention.dictionary!r} is not one of this model's dictionaries "
+                             f"{sorted(dictionaries)}: configure features.dictionaries or name another")
+        if intervention.feature >= dictionary.n_features:
+            raise ValueError(f"{field}.feature: {intervention.feature} does not exist in {intervention.dictionary} "
+                             f"({dictionary.n_features} features): use 0..{dictionary.n_features - 1}")
+        outside = [p for p in intervention.positions or () if not -shortest_prompt <= p < shortest_prompt]
+        if outside:
+            raise ValueError(f"{field}.positions: {outside} lie outside the shortest prompt ({shortest_prompt} "
+                             f"tokens): use -{shortest_prompt}..{shortest_prompt - 1}")
+        checked.append(intervention)
+    return checked
+
+
+def checked_heads(heads: Sequence[Sequence[int]], bridge) -> list[tuple[int, int]]:
+    """``features.pattern_heads`` as ``(layer, head)`` pairs; one that the model lacks raises a one-line ValueError."""
+    n_layers, n_heads = len(bridge.blocks), int(bridge.cfg.n_heads)
+    for j, pair in enumerate(heads):
+        if len(pair) != 2 or not (0 <= pair[0] < n_layers and 0 <= pair[1] < n_heads):
+            raise ValueError(f"features.pattern_heads[{j}]: {list(pair)} is not a [layer, head] of this model "
+                             f"({n_layers} layers, {n_heads} heads): use layer 0..{n_layers - 1}, head "
+                             f"0..{n_heads - 1}")
+    return [(int(layer), int(head)) for layer, head in heads]
+
+
+@torch.no_grad()
+def _grab_frame(bridge, tokens: Tensor, labels: Tensor, dictionary: SparseDictionary, index: int,
+                intervention: FeatureIntervention, metric_fn: Metric, batch_size: int) -> pd.DataFrame:
+    """Effect rows (``prompt`` = row of ``tokens`` ``[b, pos]``) of :func:`grab_and_delete` of the intervention's
+    feature at its first position (the last when it has none) from the block after the dictionary's layer."""
+    layer = dictionary.info.layer + 1
+    position = intervention.positions[0] if intervention.positions else -1
+    lengths = torch.full((tokens.shape[0],), tokens.shape[1])
+    scores: dict[str, list[Tensor]] = dict(before=[], after=[])
+    for start in range(0, tokens.shape[0], batch_size):
+        part = slice(start, start + batch_size)
+        batch = tokens[part].to(input_device(bridge))
+        clean = bridge(batch)
+        with grab_and_delete(bridge, dictionary, intervention.feature, position, layer):
+            deleted = bridge(batch)
+        for key, logits in (("before", clean), ("after", deleted)):
+            scores[key].append(metric_fn(logits, clean, lengths[part], labels[part]).double().cpu())
+    before, after = (torch.cat(scores[key]).numpy() for key in ("before", "after"))
+    return pd.DataFrame(dict(intervention=index, label=f"{dictionary.info.name} #{intervention.feature} @ {position} "
+                             f"→ block {layer}", quantity="grab_and_delete", layer=layer, head=-1,
+                             prompt=np.arange(len(before)), before=before, after=after, change=after - before))
+
+
+def _label(intervention: FeatureIntervention) -> str:
+    where = "all" if intervention.positions is None else list(intervention.positions)
+    value = "" if intervention.mode == "ablate" else f" {intervention.value:g}"
+    return f"{intervention.dictionary} #{intervention.feature} {intervention.mode}{value} @ {where}"
+
+
+def run_configured_interventions(bridge, dictionaries: Mapping[str, SparseDictionary],
+                                 prompts_by_operator: Mapping[str, pd.DataFrame], interventions: Sequence[Mapping],
+                                 heads: Sequence[Sequence[int]], metric: str, tokenizer,
+                                 batch_size: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``feature_interventions`` stage: per operator, its prompt set (columns ``prompt, answer_token,
+    corrupt_answer_token``) run without and with *all* configured ``interventions`` (config dicts) at once
+    (:func:`intervention_effects`; intervention = -1, label lists them all), and for each intervention on a
+    dictionary of layer l < n_layers − 1 the metric under :func:`grab_and_delete` of its feature at its first position
+    (the last one when it has none) from block l + 1 (quantity "grab_and_delete", intervention = its config index,
+    layer = l + 1). Prompts of different token lengths run as separate groups.
+
+    Returns ``(effects, patterns)``: :data:`EFFECT_COLUMNS` rows and ``operator`` + :data:`PATTERN_COLUMNS` rows;
+    ``prompt`` is the row of the operator's prompt set. No interventions: both tables empty.
+    """
+    metric_fn = get_metric(metric)
+    if not interventions:
+        return empty_intervention_tables()
+    shortest = min((len(ids) for frame in prompts_by_operator.values()
+                    for ids in tokenizer(list(frame["prompt"]))["input_ids"]), default=0)
+    checked = checked_interventions(interventions, dictionaries, shortest)
+    pairs = checked_heads(heads, bridge)
+    n_layers = len(bridge.blocks)
+    for name in sorted({x.dictionary for x in checked}):
+        check_fits(dictionaries[name], bridge)
+    grabs = [(i, x) for i, x in enumerate(checked) if dictionaries[x.dictionary].info.layer < n_layers - 1]
+    joint = "; ".join(_label(x) for x in checked)
+    effects, patterns = [], []
+    for op, frame in prompts_by_operator.items():
+        answers = frame[["answer_token", "corrupt_answer_token"]].to_numpy(dtype=np.int64)
+        for rows, tokens in indexed_token_batches(tokenizer, list(frame["prompt"]), max(1, len(frame))):
+            labels = torch.from_numpy(answers[rows.numpy()])
+            summary, pattern = intervention_effects(bridge, tokens, labels, dictionaries, checked, pairs, metric,
+                                                    batch_size)
+            frames = [summary.assign(intervention=-1, label=joint)]
+            frames += [_grab_frame(bridge, tokens, labels, dictionaries[x.dictionary], i, x, metric_fn, batch_size)
+                       for i, x in grabs]
+            for part in (*frames, pattern):
+                part["prompt"] = rows.numpy()[part["prompt"].to_numpy(dtype=np.int64)]
+                part.insert(0, "operator", op)
+            effects += frames
+            patterns.append(pattern)
+    return (pd.concat(effects, ignore_index=True)[EFFECT_COLUMNS],
+            pd.concat(patterns, ignore_index=True)[["operator", *PATTERN_COLUMNS]])
