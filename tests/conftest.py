@@ -80,3 +80,20 @@ def save_tiny_model(arch: str, path: Path, seed: int = 0, **overrides) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_features(toy_handle):
+    """The tiny toy model (float64 bridge), its tokenizer, and topk dictionaries (transcoders with skip, attention
+    SAEs) trained in seconds on every + and − prompt: ``(bridge, tokenizer, dictionaries)``."""
+    from circuitflow.features.training import DictionarySpec, train_dictionaries
+    from circuitflow.models import load_bridge, load_tokenizer
+
+    bridge = load_bridge(toy_handle, device="cpu", dtype="float64")
+    tokenizer = load_tokenizer(toy_handle)
+    n = TINY_RECIPE.max_number + 1
+    texts = [f"{x}+{y}=" for x in range(n) for y in range(n) if x + y < n] + [
+        f"{x}-{y}=" for x in range(n) for y in range(x + 1)]
+    ids = torch.tensor(tokenizer(texts)["input_ids"])
+    spec = DictionarySpec(k=4, expansion=4, steps=400, skip=True)
+    return bridge, tokenizer, train_dictionaries(bridge, ids, spec, progress=False)

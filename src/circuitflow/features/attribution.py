@@ -26,7 +26,7 @@ probability sums to ``logit_probability`` or ``max_logits`` are taken), each as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -144,6 +144,15 @@ class ReplacementModel:
                                    "attention patterns, so they cannot be frozen; attribution graphs support the "
                                    "GPT-NeoX, Llama and GPT-2 families")
 
+    def freezing_hooks(self, batch: int) -> list[tuple[str, Callable]]:
+        """Hooks that hold every attention pattern and norm scale of ``batch`` copies of the prompt at their values
+        on the prompt (usable on their own: the real model with frozen attention and norms)."""
+
+        def frozen(name, tensor, hook):
+            return self.frozen[name].expand(batch, *self.frozen[name].shape[1:]).to(tensor.dtype)
+
+        return [(name, partial(frozen, name)) for name in self.frozen]
+
     def run(self, emb_delta: Tensor, deltas: list[Tensor], scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
         """A forward of the replacement model on ``batch`` copies of the prompt: ``emb_delta`` ``[batch, pos,
         d_model]`` is added to the input embedding and ``deltas[i]`` ``[batch, pos, d_out]`` to dictionary i's
@@ -151,9 +160,6 @@ class ReplacementModel:
         ``[batch, pos, vocab]`` and each dictionary's input ``[batch, pos, d_in]`` by dictionary name."""
         batch = emb_delta.shape[0]
         inputs: dict[str, Tensor] = {}
-
-        def frozen(name, tensor, hook):
-            return self.frozen[name].expand(batch, *self.frozen[name].shape[1:]).to(tensor.dtype)
 
         def embed(tensor, hook):
             return tensor * scale + emb_delta.to(tensor.dtype)
@@ -169,7 +175,7 @@ class ReplacementModel:
                 out = out + inputs[d.info.name].to(d.W_dec.dtype) @ d.W_skip.detach()
             return out.to(tensor.dtype).reshape(tensor.shape)
 
-        hooks = [(name, partial(frozen, name)) for name in self.frozen] + [(INPUT_HOOK, embed)]
+        hooks = self.freezing_hooks(batch) + [(INPUT_HOOK, embed)]
         for i, d in enumerate(self.dictionaries):
             source, target = hook_names(d.info)
             hooks += [(source, partial(read, d)), (target, partial(replace, i, d))]
@@ -224,13 +230,15 @@ def _node_table(model: ReplacementModel, logit_ids: Tensor, logit_probs: Tensor,
                                         position=np.arange(n_pos), feature=-1,
                                         activation=err.double().norm(dim=-1).cpu().numpy())))
     frames.append(pd.DataFrame(dict(kind="embedding", dictionary="", site="", layer=-1, position=np.arange(n_pos),
-                                    feature=-1, activation=model.embedding.double().norm(dim=-1).cpu().numpy())))
+                                    feature=-1, activation=model.embedding.double().norm(dim=-1).cpu().numpy(),
+                                    token_id=model.tokens.cpu().numpy())))
     frames.append(pd.DataFrame(dict(kind="logit", dictionary="", site="", layer=len(model.bridge.blocks),
                                     position=n_pos - 1, feature=-1, activation=logit_probs.cpu().numpy(),
                                     token_id=logit_ids.cpu().numpy())))
     nodes = pd.concat(frames, ignore_index=True)
     nodes["token_id"] = nodes["token_id"].fillna(-1).astype(int)
-    nodes["token"] = [decode(int(t)) if t >= 0 else token_text[p] for t, p in zip(nodes["token_id"], nodes["position"])]
+    nodes["token"] = [decode(int(t)) if kind == "logit" else token_text[p]
+                      for kind, t, p in zip(nodes["kind"], nodes["token_id"], nodes["position"])]
     nodes["label"] = _labels(nodes)
     return nodes
 

@@ -142,3 +142,18 @@ def hook_names(info: DictionaryInfo) -> tuple[str, str]:
     if info.site == "mlp":
         return f"blocks.{info.layer}.mlp.hook_in", f"blocks.{info.layer}.hook_mlp_out"
     return f"blocks.{info.layer}.attn.hook_z", f"blocks.{info.layer}.attn.hook_z"
+
+
+def save_dictionaries(dictionaries: dict[str, SparseDictionary], folder: Path | str) -> None:
+    """Save each dictionary into ``folder/{name}`` (native format)."""
+    for name, dictionary in dictionaries.items():
+        dictionary.save(Path(folder) / name)
+
+
+def load_dictionaries(folder: Path | str, device: str | torch.device = "cpu") -> dict[str, SparseDictionary]:
+    """Every dictionary saved by :func:`save_dictionaries` in ``folder``, by name, in forward order."""
+    found = {path.name: SparseDictionary.load(path, device) for path in Path(folder).iterdir()
+             if (path / CONFIG_FILE).exists()}
+    if not found:
+        raise ValueError(f"{folder}: no dictionaries ({CONFIG_FILE} in a subfolder); rerun the dictionaries rule")
+    return dict(sorted(found.items(), key=lambda item: (item[1].info.layer, item[1].info.site == "mlp")))
