@@ -18,6 +18,9 @@ compared with the neurons (:func:`compare_with_neurons`): the share of units imp
 features a heuristic neuron of MLP l splits into (:func:`neuron_splits`) and how specific knocking out a
 heuristic's features is next to knocking out its neurons (:func:`knockout_comparison`).
 
+:func:`analyse_features` runs the whole comparison for one model and operator (the workflow's ``feature_heuristics``
+rule), against the neurons' classification table that the ``heuristics`` rule wrote (:func:`classified_from_table`).
+
 A feature is knocked out by subtracting its decoder contribution a_f · W_dec[f] from the real output of its
 component (``hook_mlp_out`` of a transcoder, ``hook_z`` of an attention SAE) at every position, with a_f encoded from
 the component's input in the knocked-out run; the dictionary's reconstruction error and the other features stay in
@@ -40,7 +43,7 @@ from circuitflow.circuits.data import indexed_token_batches
 from circuitflow.circuits.tracing import Tracer
 from circuitflow.features.dictionary import SparseDictionary, hook_names
 from circuitflow.heuristics.analysis import Classified, _knockout_prompts, activation_maps
-from circuitflow.heuristics.families import HeuristicSpec
+from circuitflow.heuristics.families import HeuristicSpec, heuristic_set
 from circuitflow.heuristics.knockout import ablated_correct
 from circuitflow.heuristics.matching import Classification, classify
 from circuitflow.localization.attention import unembedding
@@ -341,3 +344,67 @@ def knockout_comparison(bridge, tokenizer, answers: pd.DataFrame, features: Feat
     columns = ["heuristic", "n_features", "n_neurons", "n_prompts"] + [
         f"{key}_{unit}" for unit in ("features", "neurons") for key in ("drop_associated", "drop_other", "specificity")]
     return pd.DataFrame(rows, columns=columns)
+
+
+CLASSIFICATION_COLUMNS = ["layer", "neuron", "heuristic", "family", "score", "coverage", "matched", "p_value",
+                          "null_best", "beats_null", "kind"]
+RESULT_SET = "result_set_{"
+
+
+def classified_from_table(table: pd.DataFrame, answers: pd.DataFrame, spec: HeuristicSpec = HeuristicSpec()
+                          ) -> Classified:
+    """The neurons' :class:`~circuitflow.heuristics.analysis.Classified` rebuilt from their classification table
+    (``Classified.table``, as the ``heuristics`` rule writes it) over the prompts of ``answers`` (the table they were
+    classified on): each heuristic's prompts from ``spec`` (a ``result_set_{a,b,...}`` from its members),
+    ``correct`` from ``answers``; the activations ``[P, N]`` are not in the table and are NaN."""
+    op1, op2, result = (answers[c].to_numpy() for c in ("op1", "op2", "answer"))
+    fixed = heuristic_set(op1, op2, result, spec)
+    known = dict(zip(fixed.names, fixed.masks))
+    masks = {}
+    for name in pd.unique(table["heuristic"]):
+        if name.startswith(RESULT_SET):
+            known[name] = np.isin(result, [int(v) for v in name[len(RESULT_SET) : -1].split(",")])
+        if name not in known:
+            raise ValueError(f"neurons: heuristic {name!r} is not in the heuristics spec on these prompts; rerun the "
+                             "heuristics rule with the current config")
+        masks[name] = known[name]
+    chosen = table.drop_duplicates(["layer", "neuron"])[["layer", "neuron", "importance", "rank"]]
+    return Classified(chosen.reset_index(drop=True),
+                      Classification(table[CLASSIFICATION_COLUMNS].reset_index(drop=True), masks),
+                      torch.full((len(answers), len(chosen)), torch.nan), answers["correct"].to_numpy(dtype=bool))
+
+
+@dataclass
+class FeatureHeuristics:
+    """The tables of :func:`analyse_features` for one model and operator."""
+
+    table: pd.DataFrame  # per classified feature its matched and best heuristics (FeatureClassification.table)
+    maps: pd.DataFrame  # activation over the operand grid of the most important features
+    comparison: pd.DataFrame  # per feature site: compare_with_neurons
+    splits: pd.DataFrame  # per heuristic neuron: neuron_splits
+    knockout: pd.DataFrame  # per shared heuristic: knockout_comparison
+
+
+def analyse_features(bridge, tokenizer, answers: pd.DataFrame, dictionaries: Sequence[SparseDictionary],
+                     neuron_table: pd.DataFrame, *, top_n: int, spec: HeuristicSpec = HeuristicSpec(),
+                     threshold: float = 0.6, two_sided: bool = False, null_permutations: int = 20, min_units: int = 3,
+                     max_prompts: int = 200, map_features: int = 6, seed: int = 0,
+                     batch_size: int = 512) -> FeatureHeuristics:
+    """Heuristics as features for one operator: :func:`classify_features` (``top_n`` per dictionary), the
+    activation maps of the ``map_features`` most important, and the comparison with the neurons of
+    ``neuron_table`` (their classification table, :func:`classified_from_table`) — :func:`compare_with_neurons` per
+    feature site (``site`` column; a site whose features all stay constant has a row with no features),
+    :func:`neuron_splits` and :func:`knockout_comparison` (heuristics with ≥ ``min_units`` features and neurons)."""
+    found = classify_features(bridge, tokenizer, answers, dictionaries, top_n, spec=spec, threshold=threshold,
+                              two_sided=two_sided, null_permutations=null_permutations, seed=seed,
+                              batch_size=batch_size)
+    table = found.table
+    neurons = classified_from_table(neuron_table, answers, spec)
+    sites = pd.unique(pd.Series([d.info.site for d in dictionaries]))
+    comparison = pd.concat([compare_with_neurons(table[table["site"] == site], neurons.table)
+                            .drop(columns="operator").assign(site=site) for site in sites], ignore_index=True)
+    knockout = knockout_comparison(bridge, tokenizer, answers, found, neurons, dictionaries, min_features=min_units,
+                                   min_neurons=min_units, max_prompts=max_prompts, seed=seed, batch_size=batch_size)
+    return FeatureHeuristics(table, found.maps(answers, map_features),
+                             comparison[["site"] + list(comparison.columns[:-1])],
+                             neuron_splits(table, neurons.table, bridge, dictionaries), knockout)
