@@ -13,7 +13,9 @@ unchanged, so thresholds are too). Initialisation: decoder rows are random unit 
 transpose (the standard SAE initialisation), ``b_dec`` is the mean target. The loss is the mean squared error of the
 reconstructed (normalized) target summed over its dimensions, plus a sparsity term:
 
-* ``topk``: none (the k largest pre-activations are the only active features);
+* ``topk``: none (the k largest pre-activations are the only active features), but features that have not fired
+  for ``DEAD_STEPS`` batches learn to reconstruct the residual through the AuxK loss of Gao et al. 2024 (weight
+  ``AUXK_COEF``), which revives dead features;
 * ``relu``: ``l1 · Σ_i f_i ‖W_dec[i]‖`` (an L1 penalty that cannot be dodged by shrinking ``f`` and growing
   ``W_dec``);
 * ``jumprelu``: ``l1 · Σ_i [pre_i > θ_i]`` (L0), with ``θ ≥ 0`` learned through straight-through
@@ -37,6 +39,8 @@ from circuitflow.features.dictionary import ACTIVATIONS, SITES, DictionaryInfo, 
 JUMPRELU_BANDWIDTH = 1e-2  # ε of the straight-through estimators, in units of the normalized input
 JUMPRELU_INIT_THRESHOLD = 1e-3
 DECAY_FRACTION = 0.2  # the learning rate decays linearly to 0 over this last fraction of the steps
+AUXK_COEF = 1 / 32  # weight of the topk dead-feature loss (Gao et al. 2024)
+DEAD_STEPS = 50  # a feature is dead for the auxiliary loss when it has not fired in this many batches
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,18 @@ class _Step(torch.autograd.Function):
         return None, -(grad * kernel).sum(0) / ctx.eps, None
 
 
+def _auxk_loss(dictionary: SparseDictionary, pre: Tensor, residual: Tensor, dead: Tensor) -> Tensor:
+    """The AuxK loss of Gao et al. 2024: the ``d_out / 2`` largest pre-activations ``[b, n_features]`` among ``dead``
+    ``[n_features]`` features reconstruct the batch's residual ``[b, d_out]``; normalized by its variance."""
+    k_aux = min(dictionary.d_out // 2, int(dead.sum()))
+    if k_aux == 0:
+        return pre.new_zeros(())
+    top = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    residual = residual.detach()
+    return (f @ dictionary.W_dec - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
 def _rms(x: Tensor) -> float:
     return float(x.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12))
 
@@ -166,8 +182,8 @@ def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (spec.steps - step) / max(1, spec.steps - decay_start)))
     order = torch.randperm(len(x_all), generator=gen)
-    cursor = 0
-    bar = tqdm(range(spec.steps), desc=f"train {info.name}", disable=not progress)
+    cursor, idle = 0, torch.zeros(n, dtype=torch.long)  # idle: batches since each feature last fired
+    bar = tqdm(range(spec.steps), desc=f"train {info.name}", disable=not progress, mininterval=5)
     for _ in bar:
         if cursor + spec.batch_size > len(order):
             order, cursor = torch.randperm(len(x_all), generator=gen), 0
@@ -179,13 +195,15 @@ def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec
             f = _JumpReLU.apply(pre, dictionary.threshold, JUMPRELU_BANDWIDTH)
         else:
             f = dictionary.activate(pre)
-        mse = (dictionary.decode(f, x) - y).pow(2).sum(-1).mean()
+        residual = y - dictionary.decode(f, x)
+        mse = residual.pow(2).sum(-1).mean()
         if info.activation == "relu":
             loss = mse + spec.l1 * (f * dictionary.W_dec.norm(dim=1)).sum(-1).mean()
         elif info.activation == "jumprelu":
             loss = mse + spec.l1 * _Step.apply(pre, dictionary.threshold, JUMPRELU_BANDWIDTH).sum(-1).mean()
         else:
-            loss = mse
+            loss = mse + AUXK_COEF * _auxk_loss(dictionary, pre, residual, idle >= DEAD_STEPS)
+        idle = torch.where((f != 0).any(0), 0, idle + 1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -193,7 +211,7 @@ def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec
         if dictionary.threshold is not None:
             with torch.no_grad():
                 dictionary.threshold.clamp_min_(0)
-        bar.set_postfix(mse=mse.item())
+        bar.set_postfix(mse=mse.item(), refresh=False)
     with torch.no_grad():
         dictionary.W_enc /= s_in
         dictionary.W_dec *= s_out
