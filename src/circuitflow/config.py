@@ -281,7 +281,7 @@ def load_workflow_config(config: dict, schema_path: Path | str) -> tuple[dict, d
     specs = expand_models(config["models"])
     check_hub_cache(specs)
     check_prompts(config, specs)
-    for stage in ("circuits", "localization"):
+    for stage in ("circuits", "localization", "features"):
         unknown = [m for m in config[stage]["models"] or [] if m not in specs]
         if unknown:
             raise ConfigError(f"{stage}.models: unknown model(s) {unknown}; use names from models: {sorted(specs)}")

@@ -223,6 +223,19 @@ def position_figure_labels(wildcards, figure, method):
     }
 
 
+def feature_outputs(name):
+    """The feature-circuit stage's figures and tables of one model; the heuristics-as-features comparison where the
+    model also has the heuristic neurons (a localization model)."""
+    outputs = [f"{RES}/figures/{name}/features/dictionary_quality.png", f"{RES}/{name}/features/interventions.parquet"]
+    outputs += expand(
+        [f"{RES}/figures/{name}/features/graph_{{op}}.png", f"{RES}/figures/{name}/features/faithfulness_{{op}}.png"],
+        op=OPS,
+    )
+    if name in stage_models("localization"):
+        outputs += expand(f"{RES}/figures/{name}/features/heuristics_{{op}}.png", op=OPS)
+    return outputs
+
+
 def all_outputs():
     outputs = [f"{RES}/figures/accuracy.png"]
     for name in stage_models("circuits"):
@@ -233,6 +246,9 @@ def all_outputs():
         outputs += localization_outputs(name) + heuristics_outputs(name)
         if MODELS[name].checkpoints:
             outputs += [f"{RES}/figures/{name}/checkpoint_ie.png", f"{RES}/figures/{name}/checkpoint_heuristics.png"]
+    if CFG["features"]["enabled"]:
+        for name in stage_models("features"):
+            outputs += feature_outputs(name)
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

@@ -148,7 +148,7 @@ def analyse_prompts(bridge, tokenizer, dictionaries: Mapping[str, SparseDictiona
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tables: dict[str, list[pd.DataFrame]] = {"nodes": [], "scores": [], "faithfulness": [], "ablation": []}
-    for i, prompt in enumerate(tqdm(prompts, desc="attribution graphs", disable=not progress)):
+    for i, prompt in enumerate(tqdm(prompts, desc="attribution graphs", disable=not progress, mininterval=5)):
         graph = attribution_graph(bridge, tokenizer, prompt, dictionaries, max_logits=max_logits,
                                   logit_probability=logit_probability, model_name=model_name)
         influence = graph_influence(graph)

@@ -22,7 +22,7 @@ def dictionary_quality_figure(table: pd.DataFrame, title: str):
     original model, each dictionary spliced alone, and all spliced at once."""
     pooled = table[table["operator"] == "all"].sort_values(["layer", "site"])
     per_op = table[table["operator"] != "all"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     names = pooled["dictionary"].tolist()
     x = np.arange(len(names))
     ax = axes[0]
@@ -47,7 +47,7 @@ def dictionary_quality_figure(table: pd.DataFrame, title: str):
         ax.bar(np.arange(len(ops)) + (j - (len(conditions) - 1) / 2) * width, rows["accuracy"], width, label=label)
     ax.set(xticks=np.arange(len(ops)), xticklabels=[OP_LABELS.get(op, op) for op in ops], ylim=(0, 1.05),
            ylabel="accuracy (all legal prompts)", title="Accuracy with dictionaries spliced in")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(title)
     fig.tight_layout()
     return fig

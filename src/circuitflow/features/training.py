@@ -36,7 +36,7 @@ from torch import Tensor
 
 from circuitflow.features.dictionary import ACTIVATIONS, SITES, DictionaryInfo, SparseDictionary, hook_names
 
-JUMPRELU_BANDWIDTH = 1e-2  # ε of the straight-through estimators, in units of the normalized input
+JUMPRELU_BANDWIDTH = 1e-2  # ε of the straight-through estimators (pre-activations of normalized inputs)
 JUMPRELU_INIT_THRESHOLD = 1e-3
 DECAY_FRACTION = 0.2  # the learning rate decays linearly to 0 over this last fraction of the steps
 AUXK_COEF = 1 / 32  # weight of the topk dead-feature loss (Gao et al. 2024)
