@@ -20,6 +20,7 @@ TABLE_TITLES = {
     "areas": "Circuit CPR per level (area under faithfulness; higher is better)",
     "paper_circuits": "The paper's circuits: median faithfulness by neurons per layer",
     "heuristics": "Heuristic neurons and prompt knockout",
+    "features": "Feature circuits: dictionaries, attribution graphs, heuristics as features",
 }
 STYLE = ("body{font-family:sans-serif;margin:1em;color:#111;background:#fff}table{border-collapse:collapse;"
          "font-size:90%;margin-bottom:1.5em}td,th{padding:3px 10px;text-align:right;border-bottom:1px solid #ddd}"
@@ -27,7 +28,9 @@ STYLE = ("body{font-family:sans-serif;margin:1em;color:#111;background:#fff}tabl
 
 
 def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits: Sequence[str],
-                   heuristics: Sequence[str], prompt_knockouts: Sequence[str]) -> dict[str, pd.DataFrame | None]:
+                   heuristics: Sequence[str], prompt_knockouts: Sequence[str], *, feature_quality: Sequence[str] = (),
+                   feature_scores: Sequence[str] = (), feature_ablation: Sequence[str] = (),
+                   feature_comparison: Sequence[str] = ()) -> dict[str, pd.DataFrame | None]:
     """Headline numbers from the workflow's tables (paths as the workflow writes them), keyed like
     :data:`TABLE_TITLES`; None where the stage ran for no model."""
     out: dict[str, pd.DataFrame | None] = dict.fromkeys(TABLE_TITLES)
@@ -56,7 +59,34 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
                              knockout_neurons_per_layer=int(last["neurons_per_layer"]),
                              accuracy_after_knockout=last["accuracy"], accuracy_random=last["accuracy_random"]))
         out["heuristics"] = pd.DataFrame(rows).set_index(["model", "operator"])
+    if feature_quality and feature_scores:
+        out["features"] = feature_summary(feature_quality, feature_scores, feature_ablation, feature_comparison)
     return out
+
+
+def feature_summary(quality: Sequence[str], scores: Sequence[str], ablation: Sequence[str],
+                    comparison: Sequence[str]) -> pd.DataFrame:
+    """Per model and operator: the largest normalized MSE of the model's dictionaries, accuracy with all of them
+    spliced in (and without), the attribution graphs' mean replacement and completeness scores, the mean Pearson r
+    of attribution vs exact ablation (attention and norms frozen / live), and — where the heuristics stage ran —
+    the share of important transcoder features and of classified neurons that implement a heuristic."""
+    def read(paths: Sequence[str]) -> pd.DataFrame:
+        return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+
+    keys = ["model", "operator"]
+    q = read(quality)
+    nmse = q[q["operator"] == "all"].groupby("model")["nmse"].max().rename("nmse_max")
+    spliced = q[q["dictionary"] == "all"].set_index(keys)[["accuracy", "accuracy_original"]].rename(
+        columns={"accuracy": "accuracy_spliced"})
+    graphs = read(scores).groupby(keys)[["replacement_score", "completeness_score"]].mean()
+    table = spliced.join(nmse, on="model").join(graphs)
+    if ablation:
+        pearson = read(ablation).drop_duplicates(["model", "operator", "graph"]).groupby(keys)
+        table = table.join(pearson[["pearson_frozen", "pearson"]].mean())
+    if comparison:
+        shares = read(comparison).query("site == 'mlp'").set_index(keys)[["share_features", "share_neurons"]]
+        table = table.join(shares)
+    return table
 
 
 def cpr_label(areas: Path | str, method: str | None = None, level: str = "edge") -> str:

@@ -182,7 +182,7 @@ def test_navigation_to_a_figure_and_its_caption(browser, report):
     _shoot(browser, "start")
     categories = browser.js("return Object.keys(categories).sort()")
     assert categories == ["1 Headline tables", "2 Models and accuracy", "3 Circuits (EAP, EAP-IG)", "4 Localization",
-                          "5 Heuristic neurons", "6 Provenance"]
+                          "5 Heuristic neurons", "6 Feature circuits", "7 Provenance"]
     # a category with several models leads to a model, then to its figures, listed by their labels
     assert browser.js(CLICK, "2 Models and accuracy")
     browser.wait("return [...document.querySelectorAll('a')].some(a => a.textContent.trim() === 'all models')")

@@ -223,6 +223,11 @@ def position_figure_labels(wildcards, figure, method):
     }
 
 
+def feature_models():
+    """The models of the feature-circuit stage (none when it is off)."""
+    return stage_models("features") if CFG["features"]["enabled"] else []
+
+
 def feature_outputs(name):
     """The feature-circuit stage's figures and tables of one model; the heuristics-as-features comparison where the
     model also has the heuristic neurons (a localization model)."""
@@ -246,9 +251,8 @@ def all_outputs():
         outputs += localization_outputs(name) + heuristics_outputs(name)
         if MODELS[name].checkpoints:
             outputs += [f"{RES}/figures/{name}/checkpoint_ie.png", f"{RES}/figures/{name}/checkpoint_heuristics.png"]
-    if CFG["features"]["enabled"]:
-        for name in stage_models("features"):
-            outputs += feature_outputs(name)
+    for name in feature_models():
+        outputs += feature_outputs(name)
     for name in names():
         outputs += expand(f"{RES}/{name}/prompts/{{op}}.parquet", op=OPS)
         outputs.append(f"{RES}/{name}/accuracy.parquet")

@@ -15,6 +15,15 @@ rule report:
         prompt_knockouts=[
             f"{RES}/{m}/heuristics/{op}_prompt_knockout.parquet" for m in stage_models("localization") for op in OPS
         ],
+        feature_quality=[f"{RES}/{m}/features/quality.parquet" for m in feature_models()],
+        feature_scores=[f"{RES}/{m}/features/{op}/graph_scores.parquet" for m in feature_models() for op in OPS],
+        feature_ablation=[f"{RES}/{m}/features/{op}/ablation.parquet" for m in feature_models() for op in OPS],
+        feature_comparison=[
+            f"{RES}/{m}/features/heuristics/{op}_comparison.parquet"
+            for m in feature_models()
+            if m in stage_models("localization")
+            for op in OPS
+        ],
     output:
         accuracy=report(
             f"{RES}/tables/accuracy.html",
@@ -40,10 +49,16 @@ rule report:
             category="1 Headline tables",
             labels={"table": "heuristic neurons and prompt knockout"},
         ),
+        features=report(
+            f"{RES}/tables/feature_circuits.html",
+            caption="../report/table_feature_circuits.rst",
+            category="1 Headline tables",
+            labels={"table": "feature circuits"},
+        ),
         provenance=report(
             f"{RES}/tables/provenance.html",
             caption="../report/provenance.rst",
-            category="6 Provenance",
+            category="7 Provenance",
             labels={"record": "commit, package versions, device, config"},
         ),
     log:

@@ -5,7 +5,9 @@ from circuitflow.report import (TABLE_TITLES, device_description, provenance_pag
 
 with log_to(snakemake.log[0]) as log:
     i, o = snakemake.input, snakemake.output
-    tables = summary_tables(i.accuracy, i.areas, i.paper_circuits, i.heuristics, i.prompt_knockouts)
+    tables = summary_tables(i.accuracy, i.areas, i.paper_circuits, i.heuristics, i.prompt_knockouts,
+                            feature_quality=i.feature_quality, feature_scores=i.feature_scores,
+                            feature_ablation=i.feature_ablation, feature_comparison=i.feature_comparison)
     for name, title in TABLE_TITLES.items():
         write_page(o[name], table_page(title, tables[name]))
     device = device_description(snakemake.params.device)
