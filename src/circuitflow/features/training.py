@@ -47,13 +47,14 @@ DEAD_STEPS = 50  # a feature is dead for the auxiliary loss when it has not fire
 class DictionarySpec:
     """How to train a dictionary: ``n_features = expansion · d_in``; ``k`` for topk; ``l1`` the sparsity coefficient
     of relu (an L1 penalty: ~0.1 on the toy) / jumprelu (an L0 penalty: ~1e-3..1e-2); ``skip`` adds a linear skip
-    connection to transcoders (SAEs never skip)."""
+    connection to transcoders (SAEs never skip). The defaults meet the issue's targets on the default toy model
+    (normalized MSE <= 0.05 per dictionary, + and − accuracy within 2 points with every dictionary spliced)."""
 
     activation: str = "topk"
     expansion: int = 8
-    k: int = 8
+    k: int = 32
     l1: float = 1e-3
-    skip: bool = False
+    skip: bool = True
     steps: int = 2000
     batch_size: int = 1024
     lr: float = 3e-3
