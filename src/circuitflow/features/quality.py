@@ -86,7 +86,7 @@ def spliced(bridge, dictionaries: Mapping[str, SparseDictionary] | None) -> Iter
             stored["x"] = x
 
         def transcode(out: Tensor, hook, dictionary=dictionary, stored=stored) -> Tensor:
-            return _reconstruct(dictionary, stored.pop("x")).to(out.dtype)
+            return _reconstruct(dictionary, stored.pop("x"))
 
         hooks += [(input_hook, store), (target_hook, transcode)]
     with bridge.hooks(fwd_hooks=hooks):
