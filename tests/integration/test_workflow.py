@@ -37,6 +37,7 @@ class Run:
     neurons_per_layer: tuple[int, ...]
     knockout_neurons: tuple[int, ...]
     heuristic_neurons: int
+    features: bool  # the feature-circuit stage ran (for the toy)
 
     @classmethod
     def of(cls, results: Path, configfile: Path) -> Run:
@@ -47,7 +48,8 @@ class Run:
                    tuple(config["circuits"]["methods"]),
                    tuple(sorted({*recipe["checkpoint_steps"], recipe["steps"]})), recipe["n_layers"],
                    recipe["n_heads"], recipe["d_mlp"], len(loc["seeds"]), tuple(loc["neurons_per_layer"]),
-                   tuple(heur["knockout_neurons_per_layer"]), heur["neurons_per_layer"])
+                   tuple(heur["knockout_neurons_per_layer"]), heur["neurons_per_layer"],
+                   config.get("features", {}).get("enabled", True))
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -101,6 +103,26 @@ def expected_outputs(run: Run) -> list[str]:
         *(f"figures/toy/{f}_{op}.png" for op in run.ops for f in ("heuristics", "heuristic_maps")),
         "toy/checkpoint_heuristics.parquet", "figures/toy/checkpoint_heuristics.png",
         *(f"tables/{t}.html" for t in ("accuracy", "circuit_cpr", "heuristic_neurons", "paper_circuits", "provenance")),
+        *(feature_outputs(run) if run.features else []),
+    ]
+
+
+def feature_outputs(run: Run) -> list[str]:
+    """The feature-circuit stage's outputs for the toy (the tiny configs give it to the toy only)."""
+    return [
+        "toy/features/quality.parquet", "figures/toy/features/dictionary_quality.png",
+        "toy/features/interventions.parquet", "toy/features/intervention_patterns.parquet",
+        *(f"toy/features/dictionaries/{site}{layer}/dictionary.safetensors" for site in ("mlp", "attn")
+          for layer in range(run.n_layers)),
+        *(f"toy/features/graphs/{op}/{f}" for op in run.ops for f in ("graph_0.pt", "graph_0.json",
+                                                                     "graph-metadata.json")),
+        *(f"toy/features/{op}/{t}.parquet" for op in run.ops for t in ("graph_nodes", "graph_scores",
+                                                                      "faithfulness", "ablation")),
+        *(f"toy/features/heuristics/{op}{t}.parquet" for op in run.ops
+          for t in ("", "_maps", "_comparison", "_splits", "_knockout")),
+        *(f"figures/toy/features/{f}_{op}.png" for op in run.ops for f in ("graph", "faithfulness", "heuristics",
+                                                                            "feature_maps")),
+        "tables/feature_circuits.html",
     ]
 
 
@@ -199,6 +221,35 @@ def test_heuristics_tables_are_sane(run):
         assert len(maps) == len(maps[["layer", "neuron"]].drop_duplicates()) * len(answers)
 
 
+def test_feature_tables_are_sane(run):
+    if not run.features:
+        pytest.skip("this config turns the feature-circuit stage off (features.enabled: false)")
+    quality = pd.read_parquet(run.results / "toy" / "features" / "quality.parquet")
+    pooled = quality[quality["operator"] == "all"]
+    names = [f"{site}{layer}" for site in ("mlp", "attn") for layer in range(run.n_layers)]
+    assert sorted(pooled["dictionary"]) == sorted(names)
+    assert pooled["nmse"].between(0, 0.2).all() and (pooled["l0"] > 0).all()
+    assert set(quality["operator"]) == {*run.ops, "all"}
+    for op in run.ops:
+        folder = run.results / "toy" / "features" / op
+        scores = pd.read_parquet(folder / "graph_scores.parquet")
+        assert (scores["completeness_error"] < 1e-4).all()
+        assert scores[["replacement_score", "completeness_score"]].stack().between(0, 1).all()
+        curve = pd.read_parquet(folder / "faithfulness.parquet")
+        for _, one in curve.groupby("graph"):  # anchored by construction
+            one = one.sort_values("n_features")
+            assert one["faithfulness"].iloc[0] == 0 and one["faithfulness"].iloc[-1] == pytest.approx(1)
+        ablation = pd.read_parquet(folder / "ablation.parquet")
+        assert (ablation["pearson_frozen"] > 0.5).all()
+        nodes = pd.read_parquet(folder / "graph_nodes.parquet")
+        assert nodes["kept"].any() and set(nodes["kind"]) == {"feature", "error", "embedding", "logit"}
+        comparison = pd.read_parquet(run.results / "toy" / "features" / "heuristics" / f"{op}_comparison.parquet")
+        assert set(comparison["site"]) == {"mlp", "attn"} and comparison["share_neurons"].between(0, 1).all()
+    effects = pd.read_parquet(run.results / "toy" / "features" / "interventions.parquet")
+    configured = yaml.safe_load(run.configfile.read_text())["features"].get("interventions", [])
+    assert set(effects["operator"]) == (set(run.ops) if configured else set())
+
+
 def test_checkpoint_heuristics_end_where_the_final_model_is(run):
     steps = pd.read_parquet(run.results / "toy" / "checkpoint_heuristics.parquet")
     assert tuple(sorted(steps["step"].unique())) == run.steps
@@ -222,8 +273,8 @@ def test_checkpoint_ie_maps_cover_every_checkpoint_and_operator(run):
 
 def test_report_items(run):
     pages = {p.name: p.read_text() for p in (run.results / "tables").glob("*.html")}
-    assert sorted(pages) == ["accuracy.html", "circuit_cpr.html", "heuristic_neurons.html", "paper_circuits.html",
-                             "provenance.html"]
+    assert sorted(pages) == ["accuracy.html", "circuit_cpr.html", "feature_circuits.html", "heuristic_neurons.html",
+                             "paper_circuits.html", "provenance.html"]
     assert all("<table" in text for text in pages.values())
     assert "toy-lora" in pages["accuracy.html"] and "EAP-IG-inputs" in pages["circuit_cpr.html"]
 
