@@ -76,8 +76,8 @@ def test_replacement_model_is_the_model_at_the_prompt(setup):
             torch.testing.assert_close(values, pre[rows["position"].to_numpy(), rows["feature"].to_numpy()])
     probs = clean[-1].softmax(-1)  # of the model itself
     assert graph.logit_probabilities.sum() >= 0.95 or len(graph.index("logit")) == 10
-    torch.testing.assert_close(graph.logit_probabilities, probs[graph.nodes.loc[graph.index("logit").numpy(), "token_id"]
-                                                               .to_numpy()])
+    tokens = graph.nodes.loc[graph.index("logit").numpy(), "token_id"].to_numpy()
+    torch.testing.assert_close(graph.logit_probabilities, probs[tokens])
 
 
 def test_inputs_sum_to_each_target(setup):
@@ -104,7 +104,8 @@ def test_every_edge_is_a_single_source_intervention(setup):
         if row.kind == "embedding":
             emb[i, row.position] = -model.embedding[row.position]
         elif row.kind == "error":
-            deltas[names.index(row.dictionary)][i, row.position] = -model.errors[names.index(row.dictionary)][row.position]
+            which = names.index(row.dictionary)
+            deltas[which][i, row.position] = -model.errors[which][row.position]
         else:
             d = dictionaries[row.dictionary]
             deltas[names.index(row.dictionary)][i, row.position] = -row.activation * d.W_dec[row.feature]

@@ -194,7 +194,8 @@ def run_script(tmp_path: Path, model_path: Path, dictionaries, prompts, interven
     snakemake = SimpleNamespace(
         input=InputFiles(fromdict={"handle": str(handle), "dictionaries": str(tmp_path / "dictionaries"),
                                    "prompts": paths}),
-        output=OutputFiles(fromdict=out), params=Params(fromdict=params), wildcards=Wildcards(fromdict={"model": "tiny"}),
+        output=OutputFiles(fromdict=out), params=Params(fromdict=params),
+        wildcards=Wildcards(fromdict={"model": "tiny"}),
         log=Log([str(tmp_path / "job.log")]), threads=1, config=config)
     runpy.run_path(str(SCRIPT), init_globals={"snakemake": snakemake})
     return pd.read_parquet(out["effects"]), pd.read_parquet(out["patterns"]), (tmp_path / "job.log").read_text()

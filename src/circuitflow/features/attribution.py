@@ -106,7 +106,8 @@ class ReplacementModel:
 
     def __init__(self, bridge, dictionaries: Mapping[str, SparseDictionary], tokens: Tensor):
         if tokens.ndim != 1 or len(tokens) == 0:
-            raise AttributionError(f"attribution graphs take one prompt's token ids [pos], got shape {list(tokens.shape)}")
+            raise AttributionError("attribution graphs take one prompt's token ids [pos], got shape "
+                                   f"{list(tokens.shape)}")
         self.bridge = bridge
         self.device = input_device(bridge)
         self.tokens = tokens.to(self.device)
@@ -280,6 +281,8 @@ def attribution_graph(bridge, tokenizer, prompt: str, dictionaries: Mapping[str,
                                                               & (nodes["dictionary"] == d.info.name).to_numpy()))
                   for d in model.dictionaries}
     embedding_rows = torch.as_tensor(np.flatnonzero((nodes["kind"] == "embedding").to_numpy()))
+    bias = torch.zeros(n, dtype=torch.float64)
+    value = torch.zeros(n, dtype=torch.float64)
     for start in range(0, len(targets), batch):
         chunk = targets.iloc[start:start + batch]
         emb_delta = torch.zeros(len(chunk), *model.embedding.shape, dtype=model.embedding.dtype, device=model.device,
@@ -289,7 +292,7 @@ def attribution_graph(bridge, tokenizer, prompt: str, dictionaries: Mapping[str,
         logits, inputs = model.run(emb_delta, deltas)
         values = _target_values(logits, inputs, chunk, model.dictionaries)
         grads = torch.autograd.grad(values.sum(), [emb_delta, *deltas], allow_unused=True)
-        rows = torch.as_tensor(chunk.index.to_numpy())
+        rows = torch.tensor(chunk.index.to_numpy())
         g_emb = grads[0] if grads[0] is not None else torch.zeros_like(emb_delta)
         adjacency[rows[:, None], embedding_rows] = (g_emb * model.embedding).sum(-1).double().cpu()
         for d, acts, err, g in zip(model.dictionaries, model.activations, model.errors, grads[1:]):
@@ -298,16 +301,10 @@ def attribution_graph(bridge, tokenizer, prompt: str, dictionaries: Mapping[str,
             pos, feat = torch.nonzero(acts > 0, as_tuple=True)
             effect = torch.einsum("bkd,kd->bk", g[:, pos], d.W_dec.detach()[feat]) * acts[pos, feat]
             adjacency[rows[:, None], feature_rows[d.info.name]] = effect.double().cpu()
-    with torch.no_grad():
-        zeros = torch.zeros(len(targets), *model.embedding.shape, dtype=model.embedding.dtype, device=model.device)
-        deltas = [torch.zeros(len(targets), *err.shape, dtype=d.W_dec.dtype, device=model.device)
-                  for d, err in zip(model.dictionaries, model.errors)]
-        bias_values = _target_values(*model.run(zeros, deltas, scale=0.0), targets, model.dictionaries)
-        clean_values = _target_values(*model.run(zeros, deltas), targets, model.dictionaries)
-    bias = torch.zeros(n, dtype=torch.float64)
-    value = torch.zeros(n, dtype=torch.float64)
-    target_rows = torch.as_tensor(targets.index.to_numpy())
-    bias[target_rows] = bias_values.cpu()
-    value[target_rows] = clean_values.cpu()
-    return AttributionGraph(nodes=nodes, adjacency=adjacency, bias=bias, target_value=value, logit_probabilities=logit_probs.cpu(),
+        value[rows] = values.detach().cpu()  # the sources as they are: each target's value
+        with torch.no_grad():  # every source off: the bias
+            off = model.run(torch.zeros_like(emb_delta), [torch.zeros_like(delta) for delta in deltas], scale=0.0)
+            bias[rows] = _target_values(*off, chunk, model.dictionaries).cpu()
+    return AttributionGraph(nodes=nodes, adjacency=adjacency, bias=bias, target_value=value,
+                            logit_probabilities=logit_probs.cpu(),
                             prompt=prompt, tokens=token_text, model=model_name)
