@@ -19,7 +19,7 @@ def snakemake(workdir: Path, configfile: Path, *args: str, cores: int = 2) -> su
     """Run the workflow in ``workdir`` with ``configfile``; stdout and stderr captured."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", str(cores), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
 
 
 def copy_run(workdir: Path, to: Path) -> Path:

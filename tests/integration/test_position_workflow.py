@@ -34,6 +34,7 @@ def position_config(path: Path) -> Path:
     config["models"]["toy"]["recipe"].update(d_model=32, d_mlp=128, steps=150, lr=0.01, checkpoint_steps=[0])
     config["circuits"].update(methods=["EAP"], fractions=FRACTIONS)
     config["position_circuits"] = dict(enabled=True, methods=METHODS, levels=LEVELS, draw_edges=12)
+    config["features"] = dict(enabled=False)
     path.write_text(yaml.safe_dump(config))
     return path
 

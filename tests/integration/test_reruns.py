@@ -34,6 +34,7 @@ def base_config() -> dict:
     config["models"]["toy"]["recipe"]["checkpoint_steps"] = [0, 300]
     config["circuits"]["methods"] = ["EAP", "exact"]
     config["localization"]["seeds"] = [0]
+    config["features"]["enabled"] = False  # the shared tiny run and test_workflow cover the feature stage
     return config
 
 

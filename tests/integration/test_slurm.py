@@ -110,7 +110,7 @@ def cluster_run(tmp_path_factory, tiny_workdir):
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
                "--configfile", str(TINY), "--profile", str(PROFILE), "--profile", str(overlay)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2700)
         jobs = submitted_jobs(env)
     return workdir, done, jobs
 
