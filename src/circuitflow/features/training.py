@@ -52,10 +52,10 @@ class DictionarySpec:
 
     activation: str = "topk"
     expansion: int = 8
-    k: int = 32
+    k: int = 16
     l1: float = 1e-3
     skip: bool = True
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 1024
     lr: float = 3e-3
     seed: int = 0
