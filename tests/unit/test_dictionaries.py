@@ -16,6 +16,15 @@ from circuitflow.features.training import DictionarySpec, collect_activations, t
 SPEC = DictionarySpec(activation="topk", expansion=4, k=4, steps=300, batch_size=256, lr=3e-3, seed=0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(toy_dir):
+    """Train with one thread: these small matrices gain nothing from two, and on a busy machine two threads spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def bridge(toy_handle):
     from circuitflow.models import load_bridge
