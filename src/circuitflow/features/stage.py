@@ -15,6 +15,7 @@ from circuitflow.circuits.positions import most_common_length
 from circuitflow.features.dictionary import SITES, SparseDictionary
 from circuitflow.features.formats import check_fits, load_dictionary
 from circuitflow.features.training import DictionarySpec, collect_activations, train_dictionary
+from circuitflow.models.contract import input_device
 
 log = logging.getLogger(__name__)
 SPEC_KEYS = ("activation", "expansion", "k", "l1", "skip", "steps", "batch_size", "lr")
@@ -53,7 +54,7 @@ def build_dictionaries(bridge, tokens: Mapping[str, Tensor], config: dict, seed:
             check_fits(dictionary, bridge)
             log.info("%s: loaded from %s (%d features)", info.name, paths[info.name], dictionary.n_features)
         else:
-            dictionary = train_dictionary(*pooled[info.name], info, spec, progress)
+            dictionary = train_dictionary(*pooled[info.name], info, spec, progress, device=input_device(bridge))
             log.info("%s: trained on %d activations (%d features)", info.name, len(pooled[info.name][0]),
                      dictionary.n_features)
         dictionaries[info.name] = dictionary

@@ -153,9 +153,10 @@ def _rms(x: Tensor) -> float:
 
 
 def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec: DictionarySpec,
-                     progress: bool = True) -> SparseDictionary:
+                     progress: bool = True, device: str | torch.device = "cpu") -> SparseDictionary:
     """A dictionary fitted to reconstruct ``targets`` ``[N, d_out]`` from ``inputs`` ``[N, d_in]`` (see the module
-    docstring); in the inputs' dtype, on the CPU."""
+    docstring); in the inputs' dtype, trained on ``device`` (initialised on the CPU, so a seed gives the same start
+    everywhere) and returned on the CPU."""
     from tqdm.auto import tqdm
 
     if info.activation != spec.activation:
@@ -178,17 +179,18 @@ def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec
         dictionary.b_dec.copy_(y_all.mean(0))
         if dictionary.threshold is not None:
             dictionary.threshold.fill_(JUMPRELU_INIT_THRESHOLD)
+    dictionary, x_all, y_all = dictionary.to(device), x_all.to(device), y_all.to(device)
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=spec.lr)
     decay_start = int(spec.steps * (1 - DECAY_FRACTION))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (spec.steps - step) / max(1, spec.steps - decay_start)))
     order = torch.randperm(len(x_all), generator=gen)
-    cursor, idle = 0, torch.zeros(n, dtype=torch.long)  # idle: batches since each feature last fired
+    cursor, idle = 0, torch.zeros(n, dtype=torch.long, device=device)  # idle: batches since each feature last fired
     bar = tqdm(range(spec.steps), desc=f"train {info.name}", disable=not progress, mininterval=5)
     for _ in bar:
         if cursor + spec.batch_size > len(order):
             order, cursor = torch.randperm(len(x_all), generator=gen), 0
-        batch = order[cursor : cursor + spec.batch_size]
+        batch = order[cursor : cursor + spec.batch_size].to(device)
         cursor += spec.batch_size
         x, y = x_all[batch], y_all[batch]
         pre = dictionary.pre_activation(x)
@@ -219,7 +221,7 @@ def train_dictionary(inputs: Tensor, targets: Tensor, info: DictionaryInfo, spec
         dictionary.b_dec *= s_out
         if dictionary.W_skip is not None:
             dictionary.W_skip *= s_out / s_in
-    return dictionary.requires_grad_(False)
+    return dictionary.requires_grad_(False).cpu()
 
 
 def train_dictionaries(bridge, tokens: Tensor, spec: DictionarySpec, sites: Sequence[str] = SITES,
