@@ -10,6 +10,15 @@ import torch
 from circuitflow.models import ModelHandle
 from circuitflow.recipes import ToyRecipe
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that run workflow scripts set torch's thread count (``snakemake_job``); give the next test the count
+    this one started with (training is bit-identical only at a fixed thread count)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_RECIPE = ToyRecipe(max_number=12, n_layers=2, d_model=32, n_heads=4, d_mlp=64, steps=150, lr=1e-2,
                         checkpoint_steps=(0, 150), seed=0)
 

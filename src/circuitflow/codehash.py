@@ -65,7 +65,14 @@ def _with_parents(name: str) -> list[str]:
 
 
 def _direct_imports(file: Path, package_dir: Path, package: str) -> frozenset[Path]:
-    """Source files of the package modules ``file`` imports directly (each with its parent packages)."""
+    """Source files of the package modules ``file`` imports directly (each with its parent packages); remembered per
+    file version (path, modification time, size): a workflow parse hashes ~40 scripts sharing most modules."""
+    stat = file.stat()
+    return _direct_imports_of(file, stat.st_mtime_ns, stat.st_size, package_dir, package)
+
+
+@lru_cache(maxsize=None)
+def _direct_imports_of(file: Path, mtime_ns: int, size: int, package_dir: Path, package: str) -> frozenset[Path]:
     current, is_package = None, False
     if file.is_relative_to(package_dir):
         current, is_package = _module_name(file, package_dir, package), file.name == "__init__.py"

@@ -26,7 +26,7 @@ def run(tmp_path_factory, toy_dir) -> tuple[Path, Path, Path]:
     shutil.copytree(toy_dir / "checkpoints" / "step150", model)
     config = base_config()
     config["models"] = {"mine": {"source": "local", "path": str(model)}}
-    config["circuits"]["models"] = config["localization"]["models"] = ["mine"]
+    config["circuits"]["models"] = config["localization"]["models"] = config["features"]["models"] = ["mine"]
     config["prompts"].update(operand_max=12, k=2)
     configfile = folder / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))

@@ -41,6 +41,7 @@ def test_training_log_and_checkpoints(toy_dir):
 def test_training_is_deterministic(tmp_path, toy_dir):
     from safetensors.torch import load_file
 
+    torch.set_num_threads(2)  # as the toy_dir fixture trains
     train_toy(TINY_RECIPE, tmp_path / "again", tmp_path / "log.parquet")
     a = load_file(str(toy_dir / "checkpoints" / "step150" / "model.safetensors"))
     b = load_file(str(tmp_path / "again" / "step150" / "model.safetensors"))
