@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from benchmarks.circuit_engine import sync
+from benchmarks.common import in_fresh_process, peak_rss_gib, write_report
 from circuitflow.features import DictionaryInfo, DictionarySpec, SparseDictionary, attribution_graph, prune
 from circuitflow.features.dictionary import SITES
 from circuitflow.features.training import collect_activations, train_dictionary
@@ -57,10 +55,6 @@ SHAPES = {  # GPT-NeoX shapes (HF config fields), dictionary sizes and the graph
 }
 SITE_NAMES = {"mlp": "transcoder", "attn": "attention SAE"}
 
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def random_bridge(config: dict, directory: Path, device: str, dtype: str):
@@ -154,11 +148,6 @@ def graph_measurement(shape_name: str, layers: int | None, batch: int, device: s
                 graph_peak_gib=graph_peak, completeness_error=graph.completeness_error)
 
 
-def in_fresh_process(fn, *args):
-    """``fn(*args)`` in a spawned process, so that its peak RSS is its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -245,8 +234,7 @@ def main() -> None:
         *graphs,
         "",
     ]
-    args.output.write_text("\n".join(text))
-    print(f"wrote {args.output}")
+    write_report(args.output, text)
 
 
 if __name__ == "__main__":

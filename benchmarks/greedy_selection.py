@@ -1,7 +1,7 @@
 """Greedy selection speed at Llama-3-8B size: :meth:`Graph.select_greedy` against the loop it replaced.
 
-    python benchmarks/greedy_selection.py                        # Llama-3-8B shape, n = 100 … 100000
-    python benchmarks/greedy_selection.py --baseline-max 100 --sizes 100 1000 --output /tmp/greedy.md
+    python -m benchmarks.greedy_selection                        # Llama-3-8B shape, n = 100 … 100000
+    python -m benchmarks.greedy_selection --baseline-max 100 --sizes 100 1000 --output /tmp/greedy.md
 
 The graph has the shape of Llama-3-8B (32 layers, 32 query heads, 8 key/value heads, sequential blocks: 1057
 upstream nodes, 1569 downstream inputs, 805,681 valid edges) and standard-normal random scores. Each
@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import in_fresh_process, peak_rss_gib, write_report
 from circuitflow.circuits.graph import Graph
 
 
@@ -58,10 +56,6 @@ def random_graph(shape: tuple[int, int, int], seed: int = 0) -> Graph:
     return graph
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
 
 def measure(algorithm: str, shape: tuple[int, int, int], n: int, repeat: int, threads: int | None) -> dict:
     """Run one algorithm ``repeat`` times (in a fresh process): best wall seconds, extra peak RSS GiB, and the
@@ -77,11 +71,6 @@ def measure(algorithm: str, shape: tuple[int, int, int], n: int, repeat: int, th
         seconds.append(time.perf_counter() - start)
     return dict(seconds=min(seconds), peak_gib=peak_rss_gib() - before, edges=chosen.flatten().nonzero().flatten())
 
-
-def in_fresh_process(*args) -> dict:
-    """:func:`measure` in a spawned process, so that each peak RSS is its own."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure, *args).result()
 
 
 def main() -> None:
@@ -102,10 +91,10 @@ def main() -> None:
     rows = ["| n | heap s | heap peak GiB | baseline s | baseline peak GiB | speed-up |",
             "| --- | --- | --- | --- | --- | --- |"]
     for n in args.sizes:
-        heap = in_fresh_process("heap", shape, n, args.repeat, args.threads)
+        heap = in_fresh_process(measure, "heap", shape, n, args.repeat, args.threads)
         row = f"| {n} | {heap['seconds']:.3f} | {heap['peak_gib']:.3f} |"
         if n <= args.baseline_max:
-            base = in_fresh_process("baseline", shape, n, args.repeat, args.threads)
+            base = in_fresh_process(measure, "baseline", shape, n, args.repeat, args.threads)
             if not torch.equal(base["edges"], heap["edges"]):
                 raise SystemExit(f"n={n}: the heap and the baseline chose different edges")
             row += f" {base['seconds']:.3f} | {base['peak_gib']:.3f} | {base['seconds'] / heap['seconds']:.0f}× |"
@@ -117,7 +106,7 @@ def main() -> None:
     text = [
         "# Greedy selection at Llama-3-8B size — CPU",
         "",
-        f"- Command: `{shlex.join(['python', 'benchmarks/greedy_selection.py', *sys.argv[1:]])}`",
+        f"- Command: `{shlex.join(['python', '-m', 'benchmarks.greedy_selection', *sys.argv[1:]])}`",
         f"- Graph: {args.layers} layers, {args.heads} query heads, {args.kv_heads} key/value heads, sequential blocks: "
         f"{graph.n_up} upstream nodes × {graph.n_down} downstream inputs = {graph.n_up * graph.n_down:,} entries, "
         f"{graph.n_valid_edges:,} valid edges; standard-normal scores, absolute ranking.",
@@ -134,8 +123,7 @@ def main() -> None:
         *rows,
         "",
     ]
-    args.output.write_text("\n".join(text))
-    print(f"wrote {args.output}")
+    write_report(args.output, text)
 
 
 if __name__ == "__main__":
