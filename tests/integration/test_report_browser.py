@@ -170,7 +170,7 @@ def test_every_figure_and_table_loads(browser, report, tiny_workdir):
             return [p, page.querySelectorAll('table').length, page.body.textContent];
         });""")
     assert sorted(p for p, _, _ in tables) == [f"results/tables/{name}.html" for name in (
-        "accuracy", "circuit_cpr", "heuristic_neurons", "paper_circuits", "provenance")]
+        "accuracy", "circuit_cpr", "feature_circuits", "heuristic_neurons", "paper_circuits", "provenance")]
     assert all(count >= 1 for _, count, _ in tables), tables
     provenance = next(text for p, _, text in tables if p.endswith("provenance.html"))
     assert "snakemake" in provenance and "step300" in provenance  # package versions; the revision of toy-lora
@@ -212,7 +212,7 @@ def test_navigation_to_a_figure_and_its_caption(browser, report):
 def test_tables_open_and_no_link_is_broken(browser, report):
     _open(browser, report)
     assert browser.js(CLICK, "1 Headline tables")
-    browser.wait("return document.querySelectorAll('tbody tr').length === 4")
+    browser.wait("return document.querySelectorAll('tbody tr').length === 5")  # tables of make_report
     assert browser.js(CLICK_ROW, "circuit CPR per method and level", None, 0)
     assert browser.wait("const f = document.querySelector('iframe[src^=\"data:text/html\"]'); return f && f.src")
     _shoot(browser, "table")
