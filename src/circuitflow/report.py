@@ -67,7 +67,8 @@ def summary_tables(accuracy: Sequence[str], areas: Sequence[str], paper_circuits
 def feature_summary(quality: Sequence[str], scores: Sequence[str], ablation: Sequence[str],
                     comparison: Sequence[str]) -> pd.DataFrame:
     """Per model and operator: the largest normalized MSE of the model's dictionaries, accuracy with all of them
-    spliced in (and without), the attribution graphs' mean replacement and completeness scores, the mean Pearson r
+    spliced in (and without), the attribution graphs' mean replacement and completeness scores and the share of
+    attention features' inputs that act through their pattern (LEAP's Q + K edges), the mean Pearson r
     of attribution vs exact ablation (attention and norms frozen / live), and — where the heuristics stage ran —
     the share of important transcoder features and of classified neurons that implement a heuristic."""
     def read(paths: Sequence[str]) -> pd.DataFrame:
@@ -78,7 +79,10 @@ def feature_summary(quality: Sequence[str], scores: Sequence[str], ablation: Seq
     nmse = q[q["operator"] == "all"].groupby("model")["nmse"].max().rename("nmse_max")
     spliced = q[q["dictionary"] == "all"].set_index(keys)[["accuracy", "accuracy_original"]].rename(
         columns={"accuracy": "accuracy_spliced"})
-    graphs = read(scores).groupby(keys)[["replacement_score", "completeness_score"]].mean()
+    graphs = read(scores)
+    pattern = graphs.get("q_share", float("nan")) + graphs.get("k_share", float("nan"))  # LEAP's Q + K edges
+    graphs = graphs.assign(pattern_share=pattern).groupby(keys)[
+        ["replacement_score", "completeness_score", "pattern_share"]].mean()
     table = spliced.join(nmse, on="model").join(graphs)
     if ablation:
         pearson = read(ablation).drop_duplicates(["model", "operator", "graph"]).groupby(keys)

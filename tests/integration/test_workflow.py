@@ -116,7 +116,7 @@ def feature_outputs(run: Run) -> list[str]:
           for layer in range(run.n_layers)),
         *(f"toy/features/graphs/{op}/{f}" for op in run.ops for f in ("graph_0.pt", "graph_0.json",
                                                                      "graph-metadata.json")),
-        *(f"toy/features/{op}/{t}.parquet" for op in run.ops for t in ("graph_nodes", "graph_scores",
+        *(f"toy/features/{op}/{t}.parquet" for op in run.ops for t in ("graph_nodes", "graph_edges", "graph_scores",
                                                                       "faithfulness", "ablation")),
         *(f"toy/features/heuristics/{op}{t}.parquet" for op in run.ops
           for t in ("", "_maps", "_comparison", "_splits", "_knockout")),
@@ -243,6 +243,10 @@ def test_feature_tables_are_sane(run):
         assert (ablation["pearson_frozen"] > 0.5).all()
         nodes = pd.read_parquet(folder / "graph_nodes.parquet")
         assert nodes["kept"].any() and set(nodes["kind"]) == {"feature", "error", "embedding", "logit"}
+        edges = pd.read_parquet(folder / "graph_edges.parquet")  # LEAP's types: attention features have OV inputs
+        assert {"OV", "direct"} <= set(edges["type"]) and set(edges["type"]) <= {"OV", "direct", "Q", "K"}
+        shares = scores[["ov_share", "q_share", "k_share"]]
+        assert shares.sum(axis=1).round(9).eq(1).all() and (shares["ov_share"] > 0).all()
         comparison = pd.read_parquet(run.results / "toy" / "features" / "heuristics" / f"{op}_comparison.parquet")
         assert set(comparison["site"]) == {"mlp", "attn"} and comparison["share_neurons"].between(0, 1).all()
     effects = pd.read_parquet(run.results / "toy" / "features" / "interventions.parquet")

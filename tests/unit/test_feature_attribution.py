@@ -4,6 +4,7 @@ and every edge equals a single-source intervention on the replacement model comp
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,17 +119,94 @@ def test_every_edge_is_a_single_source_intervention(setup):
     assert expected.abs().max() > 1e-3  # the check is not vacuous
 
 
+def _scaled_sources(model: ReplacementModel, sources, dictionaries, eps: float) -> tuple[torch.Tensor, list]:
+    """Perturbations that scale one source per batch row by (1 + eps), then by (1 − eps): ``[2 n_sources, ...]``."""
+    n = len(sources)
+    emb = torch.zeros(2 * n, *model.embedding.shape, dtype=torch.float64)
+    deltas = [torch.zeros(2 * n, *e.shape, dtype=torch.float64) for e in model.errors]
+    names = [d.info.name for d in model.dictionaries]
+    for i, row in enumerate(sources.itertuples()):
+        for r, sign in ((i, eps), (n + i, -eps)):
+            if row.kind == "embedding":
+                emb[r, row.position] = sign * model.embedding[row.position]
+            elif row.kind == "error":
+                which = names.index(row.dictionary)
+                deltas[which][r, row.position] = sign * model.errors[which][row.position]
+            else:
+                d = dictionaries[row.dictionary]
+                deltas[names.index(row.dictionary)][r, row.position] = sign * row.activation * d.W_dec[row.feature]
+    return emb, deltas
+
+
+def _held(clean: dict[str, torch.Tensor], names: list[str]) -> list:
+    """Hooks that replace each named activation by its value in the clean run (every batch row)."""
+    return [(name, lambda tensor, hook, c=clean[name]: c.expand_as(tensor).to(tensor.dtype)) for name in names]
+
+
+@pytest.mark.parametrize("path", ["q", "k", "both"])
+def test_q_and_k_edges_are_derivatives_through_the_pattern(setup, path):
+    """LEAP's typed edges into attention features, against central finite differences without gradients: scaling a
+    source by 1 ± eps with layer L's pattern live and (for Q) its keys and values held at their clean values, (for K)
+    its queries and values held. With nothing held, the derivative is the whole first-order effect: OV + Q + K."""
+    bridge, tokenizer, dictionaries, graph = setup
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"][0]
+    model = ReplacementModel(bridge, dictionaries, ids)
+    nodes = graph.nodes
+    qk = nodes.loc[graph.qk_targets.numpy()]
+    assert len(qk) > 0 and (qk["kind"] == "feature").all() and (qk["site"] == "attn").all()
+    assert len(qk) == ((nodes["kind"] == "feature") & (nodes["site"] == "attn")).sum()
+    sources = nodes[nodes["kind"] != "logit"]
+    targets = nodes.index[nodes["kind"].isin(["feature", "logit"])]
+    hooked = [f"blocks.{layer}.attn.hook_{x}" for layer in qk["layer"].unique() for x in "qkv"]
+    clean = {}
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[(n, lambda t, hook, n=n: clean.update({n: t})) for n in hooked]):
+        bridge(ids[None])
+    # HF's Llama computes its norms and softmax in float32 even in a float64 model: a larger step (Richardson's
+    # extrapolation keeps the error O(h⁴)) and float32's precision relative to the largest target value
+    llama = "Llama" in type(bridge.original_model).__name__
+    step, atol = (4e-3, 5e-6 * graph.target_value.abs().max()) if llama else (1e-4, 1e-9)
+    largest = 0.0
+    for layer in qk["layer"].unique():
+        held = _held(clean, [f"blocks.{layer}.attn.hook_{x}" for x in {"q": "kv", "k": "qv", "both": ""}[path]])
+
+        def central(eps: float) -> torch.Tensor:  # [n_sources, n_targets]
+            with torch.no_grad():
+                values = all_targets(model, *model.run(*_scaled_sources(model, sources, dictionaries, eps),
+                                                       live_layer=int(layer), hooks=held), graph)
+            return (values[: len(sources)] - values[len(sources):]) / (2 * eps)
+
+        derivative = (4 * central(step / 2) - central(step)) / 3
+        mine = np.flatnonzero(qk["layer"].to_numpy() == layer)
+        columns = np.searchsorted(targets.to_numpy(), qk.index.to_numpy()[mine])
+        q, k = (m[torch.as_tensor(mine)][:, torch.as_tensor(sources.index.to_numpy())]
+                for m in (graph.q_adjacency, graph.k_adjacency))
+        expected = {"q": q, "k": k, "both": q + k + graph.adjacency[torch.as_tensor(qk.index.to_numpy()[mine])][
+            :, torch.as_tensor(sources.index.to_numpy())]}[path]
+        torch.testing.assert_close(derivative[:, columns].T, expected, rtol=1e-5, atol=atol)
+        largest = max(largest, float(expected.abs().max()))
+    assert largest > 1e-3  # the check is not vacuous
+
+
+def test_no_q_and_k_edges_on_request(setup):
+    bridge, tokenizer, dictionaries, graph = setup
+    plain = attribution_graph(bridge, tokenizer, PROMPT, dictionaries, qk_edges=False)
+    assert plain.qk_targets is None and plain.q_adjacency is None
+    torch.testing.assert_close(plain.adjacency, graph.adjacency)
+
+
 def test_batch_size_does_not_change_the_graph(setup):
     bridge, tokenizer, dictionaries, graph = setup
     small = attribution_graph(bridge, tokenizer, PROMPT, dictionaries, batch=7)
-    torch.testing.assert_close(small.adjacency, graph.adjacency, rtol=1e-9, atol=1e-12)
+    for name in ("adjacency", "q_adjacency", "k_adjacency"):
+        torch.testing.assert_close(getattr(small, name), getattr(graph, name), rtol=1e-9, atol=1e-12)
 
 
 def test_save_and_load(setup, tmp_path):
     graph = setup[3]
     graph.save(tmp_path / "g.pt")
     back = AttributionGraph.load(tmp_path / "g.pt")
-    torch.testing.assert_close(back.adjacency, graph.adjacency)
+    for name in ("adjacency", "qk_targets", "q_adjacency", "k_adjacency"):
+        torch.testing.assert_close(getattr(back, name), getattr(graph, name))
     assert back.nodes.equals(graph.nodes) and back.tokens == graph.tokens
 
 

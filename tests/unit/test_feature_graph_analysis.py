@@ -86,3 +86,9 @@ def test_analyse_prompts_writes_graphs_and_tables(toy_features, tmp_path):
     assert nodes.groupby("graph")["kept"].sum().gt(0).all() and {"influence", "prompt"} <= set(nodes)
     graph = AttributionGraph.load(tmp_path / "graph_1.pt")
     assert graph.prompt == PROMPTS[1] and len(nodes[nodes["graph"] == 1]) == graph.n_nodes
+    assert graph.q_adjacency is not None and scores[["ov_share", "q_share", "k_share"]].sum(axis=1).round(9).eq(1).all()
+    edges = tables["edges"]
+    assert {"OV", "direct"} <= set(edges["type"]) and set(edges["graph"]) == {0, 1}
+    mine, kept = edges[edges["graph"] == 1], nodes.loc[nodes["graph"] == 1, "kept"].to_numpy()
+    assert kept[mine["source"]].all() and kept[mine["target"]].all()  # edges of the pruned graph only
+    assert (graph.nodes["label"].to_numpy()[mine["target"]] == mine["target_label"]).all()

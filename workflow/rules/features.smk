@@ -37,6 +37,7 @@ rule feature_graphs:
     output:
         graphs=directory(f"{RES}/{{model}}/features/graphs/{{op}}"),
         nodes=f"{RES}/{{model}}/features/{{op}}/graph_nodes.parquet",
+        edges=f"{RES}/{{model}}/features/{{op}}/graph_edges.parquet",
         scores=f"{RES}/{{model}}/features/{{op}}/graph_scores.parquet",
         faithfulness=f"{RES}/{{model}}/features/{{op}}/faithfulness.parquet",
         ablation=f"{RES}/{{model}}/features/{{op}}/ablation.parquet",

@@ -1,5 +1,5 @@
 """Attribution graphs of one model's replacement model on the first prompts of one operator's prompt set:
-pruned graphs (and circuit-tracer JSON), their scores, feature-circuit faithfulness, attribution vs exact ablation."""
+pruned graphs (and circuit-tracer JSON), their typed edges (OV / Q / K / direct), their scores, feature-circuit faithfulness, attribution vs exact ablation."""
 from circuitflow.circuits.job import load_model_job
 from circuitflow.features.dictionary import load_dictionaries
 from circuitflow.features.graph_analysis import analyse_prompts
@@ -17,7 +17,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
         tables = analyse_prompts(job.bridge, job.tokenizer, dictionaries, prompts, folder,
                                  node_threshold=g["node_threshold"], edge_threshold=g["edge_threshold"],
                                  fractions=g["fractions"], max_logits=g["max_logits"],
-                                 logit_probability=g["logit_probability"], model_name=job.handle.name)
+                                 logit_probability=g["logit_probability"], qk_edges=g["qk_edges"],
+                                 model_name=job.handle.name)
     scores, ablation = tables["scores"], tables["ablation"].drop_duplicates("graph")
     log.info("replacement score %s, completeness score %s, completeness error %s",
              scores["replacement_score"].round(3).tolist(), scores["completeness_score"].round(3).tolist(),
@@ -25,5 +26,8 @@ with snakemake_job(snakemake, torch_threads=True) as log:
     log.info("attribution vs exact ablation, Pearson r: real model %s, frozen attention and norms %s",
              ablation["pearson"].round(3).tolist(), ablation["pearson_frozen"].round(3).tolist())
     labels = dict(model=job.handle.name, revision=job.handle.revision, operator=snakemake.wildcards.op)
-    for name in ("nodes", "scores", "faithfulness", "ablation"):
+    if g["qk_edges"]:
+        log.info("attention features' inputs, share of |weight| by type: OV %s, Q %s, K %s",
+                 *(scores[f"{t}_share"].round(3).tolist() for t in ("ov", "q", "k")))
+    for name in ("nodes", "edges", "scores", "faithfulness", "ablation"):
         write_parquet(with_labels(tables[name], **labels), o[name])

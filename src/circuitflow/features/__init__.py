@@ -41,14 +41,15 @@ from circuitflow.features.pruning import (
 from circuitflow.features.quality import dictionary_quality, quality_table, splice_accuracy, spliced
 from circuitflow.features.tracer_json import to_circuit_tracer_json, write_circuit_tracer_json
 from circuitflow.features.training import DictionarySpec, collect_activations, train_dictionaries, train_dictionary
+from circuitflow.features.typed_edges import edge_type_shares, typed_edges
 
 __all__ = [
     "AttributionGraph", "DictionaryInfo", "DictionarySpec", "FeatureIntervention", "ReplacementModel",
     "SparseDictionary", "ablation_agreement", "analyse_prompts", "attribution_graph", "check_fits",
-    "circuit_faithfulness", "classify_features", "collect_activations", "compare_with_neurons", "completeness_score",
-    "dictionary_quality", "feature_activations", "grab_and_delete", "graph_influence", "hook_names", "intervene",
-    "intervention_effects", "knockout_comparison", "load_dictionaries", "load_dictionary", "neuron_splits", "prune",
-    "prune_to_budget", "quality_table", "replacement_score", "save_dictionaries", "splice_accuracy", "spliced",
-    "to_circuit_tracer_json", "total_attribution", "train_dictionaries", "train_dictionary",
-    "write_circuit_tracer_json",
+    "circuit_faithfulness", "classify_features", "collect_activations", "compare_with_neurons",
+    "completeness_score", "dictionary_quality", "edge_type_shares", "feature_activations", "grab_and_delete",
+    "graph_influence", "hook_names", "intervene", "intervention_effects", "knockout_comparison",
+    "load_dictionaries", "load_dictionary", "neuron_splits", "prune", "prune_to_budget", "quality_table",
+    "replacement_score", "save_dictionaries", "splice_accuracy", "spliced", "to_circuit_tracer_json",
+    "total_attribution", "train_dictionaries", "train_dictionary", "typed_edges", "write_circuit_tracer_json",
 ]

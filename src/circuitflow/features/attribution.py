@@ -22,13 +22,22 @@ copy's output is one target's pre-activation, and one backward gives every copy'
 outputs; dotting those with the active features' decoder rows gives all their edges at once (no loop over
 features or edges; memory is bounded by ``batch``). Logit targets are the most probable next tokens (until their
 probability sums to ``logit_probability`` or ``max_logits`` are taken), each as its logit minus the mean logit.
+
+**Q and K edges (LEAP).** Frozen patterns make attention features' inputs pure OV (value-path) edges. What moves an
+attention feature's *pattern* is reported beside them, linearized at the prompt: for a target feature of the
+attention SAE at layer L, its Q edge from source s is ``a_s · ∂pre_t/∂a_s`` with layer L's pattern computed live from
+its queries while its keys and values are held at their clean values (every other pattern and norm scale frozen), and
+its K edge the same with queries and values held. They are first-order effects and are not part of the completeness
+sum above; ``AttributionGraph.q_adjacency``/``k_adjacency`` hold one row per attention-feature target
+(``qk_targets``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -62,6 +71,9 @@ class AttributionGraph:
     prompt: str
     tokens: list[str]
     model: str = ""
+    qk_targets: Tensor | None = None  # [n_qk]: node indices of the attention-feature targets (None: not computed)
+    q_adjacency: Tensor | None = None  # [n_qk, n_nodes]: Q edges into qk_targets
+    k_adjacency: Tensor | None = None  # [n_qk, n_nodes]: K edges into qk_targets
 
     @property
     def n_nodes(self) -> int:
@@ -145,20 +157,24 @@ class ReplacementModel:
                                    "attention patterns, so they cannot be frozen; attribution graphs support the "
                                    "GPT-NeoX, Llama and GPT-2 families")
 
-    def freezing_hooks(self, batch: int) -> list[tuple[str, Callable]]:
+    def freezing_hooks(self, batch: int, live_layer: int | None = None) -> list[tuple[str, Callable]]:
         """Hooks that hold every attention pattern and norm scale of ``batch`` copies of the prompt at their values
-        on the prompt (usable on their own: the real model with frozen attention and norms)."""
+        on the prompt (usable on their own: the real model with frozen attention and norms); the attention pattern
+        of ``live_layer`` (if given) is left to the model."""
 
         def frozen(name, tensor, hook):
             return self.frozen[name].expand(batch, *self.frozen[name].shape[1:]).to(tensor.dtype)
 
-        return [(name, partial(frozen, name)) for name in self.frozen]
+        live = f"blocks.{live_layer}.attn.hook_pattern"
+        return [(name, partial(frozen, name)) for name in self.frozen if name != live]
 
-    def run(self, emb_delta: Tensor, deltas: list[Tensor], scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    def run(self, emb_delta: Tensor, deltas: list[Tensor], scale: float = 1.0, live_layer: int | None = None,
+            hooks: Sequence[tuple[str, Callable]] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         """A forward of the replacement model on ``batch`` copies of the prompt: ``emb_delta`` ``[batch, pos,
         d_model]`` is added to the input embedding and ``deltas[i]`` ``[batch, pos, d_out]`` to dictionary i's
-        features-plus-error output; ``scale`` multiplies every source (0: all sources off). Returns the logits
-        ``[batch, pos, vocab]`` and each dictionary's input ``[batch, pos, d_in]`` by dictionary name."""
+        features-plus-error output; ``scale`` multiplies every source (0: all sources off); ``live_layer``'s
+        attention pattern is computed by the model, not frozen, and ``hooks`` run before the replacement's own.
+        Returns the logits ``[batch, pos, vocab]`` and each dictionary's input ``[batch, pos, d_in]`` by name."""
         batch = emb_delta.shape[0]
         inputs: dict[str, Tensor] = {}
 
@@ -176,7 +192,7 @@ class ReplacementModel:
                 out = out + inputs[d.info.name].to(d.W_dec.dtype) @ d.W_skip.detach()
             return out.to(tensor.dtype).reshape(tensor.shape)
 
-        hooks = self.freezing_hooks(batch) + [(INPUT_HOOK, embed)]
+        hooks = [*hooks, *self.freezing_hooks(batch, live_layer), (INPUT_HOOK, embed)]
         for i, d in enumerate(self.dictionaries):
             source, target = hook_names(d.info)
             hooks += [(source, partial(read, d)), (target, partial(replace, i, d))]
@@ -259,11 +275,80 @@ def _labels(nodes: pd.DataFrame) -> list[str]:
     return out
 
 
+def _source_columns(nodes: pd.DataFrame, dictionaries: list[SparseDictionary]) -> dict[str, Tensor]:
+    """Node indices of each kind of source: ``embedding``, and per dictionary name ``error:<name>`` and
+    ``feature:<name>`` (in the order of that dictionary's active features)."""
+    kind, names = nodes["kind"].to_numpy(), nodes["dictionary"].to_numpy()
+    columns = {"embedding": torch.as_tensor(np.flatnonzero(kind == "embedding"))}
+    for d in dictionaries:
+        for what in ("error", "feature"):
+            columns[f"{what}:{d.info.name}"] = torch.as_tensor(np.flatnonzero((kind == what) & (names == d.info.name)))
+    return columns
+
+
+def _edges(model: ReplacementModel, columns: dict[str, Tensor], grads: Sequence[Tensor | None], n_nodes: int,
+           emb_delta: Tensor) -> Tensor:
+    """One block of the adjacency, ``[batch, n_nodes]`` (float64, CPU): each source's value times the batch rows'
+    gradients at it (``grads``: at the embedding, then at each dictionary's output)."""
+    block = torch.zeros(emb_delta.shape[0], n_nodes, dtype=torch.float64)
+    g_emb = grads[0] if grads[0] is not None else torch.zeros_like(emb_delta)
+    block[:, columns["embedding"]] = (g_emb * model.embedding).sum(-1).double().cpu()
+    for d, acts, err, g in zip(model.dictionaries, model.activations, model.errors, grads[1:]):
+        g = torch.zeros_like(err).expand(emb_delta.shape[0], *err.shape) if g is None else g
+        block[:, columns[f"error:{d.info.name}"]] = (g * err).sum(-1).double().cpu()
+        pos, feat = torch.nonzero(acts > 0, as_tuple=True)
+        effect = torch.einsum("bkd,kd->bk", g[:, pos], d.W_dec.detach()[feat]) * acts[pos, feat]
+        block[:, columns[f"feature:{d.info.name}"]] = effect.double().cpu()
+    return block
+
+
+def _leaves(model: ReplacementModel, batch: int) -> tuple[Tensor, list[Tensor]]:
+    """Zero source perturbations that require grad: the embedding's ``[batch, pos, d_model]`` and each
+    dictionary's output's ``[batch, pos, d_out]``."""
+    emb_delta = torch.zeros(batch, *model.embedding.shape, dtype=model.embedding.dtype, device=model.device,
+                            requires_grad=True)
+    deltas = [torch.zeros(batch, *err.shape, dtype=d.W_dec.dtype, device=model.device, requires_grad=True)
+              for d, err in zip(model.dictionaries, model.errors)]
+    return emb_delta, deltas
+
+
+def _detach(tensor: Tensor, hook) -> Tensor:
+    return tensor.detach()
+
+
+def pattern_path_hooks(layer: int, path: Literal["q", "k"]) -> list[tuple[str, Callable]]:
+    """Hooks that leave gradients one way into attention layer ``layer``'s output when its pattern is live: through
+    its queries (``q``) or its keys (``k``); the values and the other side are detached."""
+    held = {"q": "k", "k": "q"}[path]
+    return [(f"blocks.{layer}.attn.hook_v", _detach), (f"blocks.{layer}.attn.hook_{held}", _detach)]
+
+
+def _qk_edges(model: ReplacementModel, nodes: pd.DataFrame, columns: dict[str, Tensor],
+              batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    """LEAP's Q and K edges into every attention-SAE feature (see the module docstring): the target node indices
+    ``[n_qk]`` and the Q and K adjacency rows ``[n_qk, n_nodes]``."""
+    targets = nodes[(nodes["kind"] == "feature") & (nodes["site"] == "attn")]
+    out = {path: torch.zeros(len(targets), len(nodes), dtype=torch.float64) for path in ("q", "k")}
+    for start in range(0, len(targets), batch):
+        chunk = targets.iloc[start:start + batch]
+        for layer, part in chunk.groupby("layer", sort=False):
+            rows = torch.as_tensor(start + np.flatnonzero(chunk["layer"].to_numpy() == layer))
+            for path in ("q", "k"):
+                emb_delta, deltas = _leaves(model, len(part))
+                logits, inputs = model.run(emb_delta, deltas, live_layer=int(layer),
+                                           hooks=pattern_path_hooks(int(layer), path))
+                values = _target_values(logits, inputs, part, model.dictionaries)
+                grads = torch.autograd.grad(values.sum(), [emb_delta, *deltas], allow_unused=True)
+                out[path][rows] = _edges(model, columns, grads, len(nodes), emb_delta)
+    return torch.tensor(targets.index.to_numpy()), out["q"], out["k"]
+
+
 def attribution_graph(bridge, tokenizer, prompt: str, dictionaries: Mapping[str, SparseDictionary], *,
                       batch: int = 64, logit_probability: float = 0.95, max_logits: int = 10,
-                      model_name: str = "") -> AttributionGraph:
+                      qk_edges: bool = True, model_name: str = "") -> AttributionGraph:
     """The attribution graph of ``prompt`` in the replacement model built from ``dictionaries`` (a transcoder per MLP,
-    attention SAEs optional); ``batch`` targets share one backward pass."""
+    attention SAEs optional); ``batch`` targets share one backward pass. With ``qk_edges`` and attention SAEs, the
+    graph also holds LEAP's Q and K edges into attention features (two more backward passes per batch of them)."""
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"][0]
     if len(ids) == 0:
         raise AttributionError(f"prompt {prompt!r} has no tokens")
@@ -273,38 +358,23 @@ def attribution_graph(bridge, tokenizer, prompt: str, dictionaries: Mapping[str,
     nodes = _node_table(model, logit_ids, logit_probs, token_text, lambda t: tokenizer.decode([t]))
     n = len(nodes)
     targets = nodes[nodes["kind"].isin(["feature", "logit"])]
+    columns = _source_columns(nodes, model.dictionaries)
     adjacency = torch.zeros(n, n, dtype=torch.float64)
-    feature_rows = {d.info.name: torch.as_tensor(np.flatnonzero((nodes["kind"] == "feature").to_numpy()
-                                                                & (nodes["dictionary"] == d.info.name).to_numpy()))
-                    for d in model.dictionaries}
-    error_rows = {d.info.name: torch.as_tensor(np.flatnonzero((nodes["kind"] == "error").to_numpy()
-                                                              & (nodes["dictionary"] == d.info.name).to_numpy()))
-                  for d in model.dictionaries}
-    embedding_rows = torch.as_tensor(np.flatnonzero((nodes["kind"] == "embedding").to_numpy()))
     bias = torch.zeros(n, dtype=torch.float64)
     value = torch.zeros(n, dtype=torch.float64)
     for start in range(0, len(targets), batch):
         chunk = targets.iloc[start:start + batch]
-        emb_delta = torch.zeros(len(chunk), *model.embedding.shape, dtype=model.embedding.dtype, device=model.device,
-                                requires_grad=True)
-        deltas = [torch.zeros(len(chunk), *err.shape, dtype=d.W_dec.dtype, device=model.device, requires_grad=True)
-                  for d, err in zip(model.dictionaries, model.errors)]
+        emb_delta, deltas = _leaves(model, len(chunk))
         logits, inputs = model.run(emb_delta, deltas)
         values = _target_values(logits, inputs, chunk, model.dictionaries)
         grads = torch.autograd.grad(values.sum(), [emb_delta, *deltas], allow_unused=True)
         rows = torch.tensor(chunk.index.to_numpy())
-        g_emb = grads[0] if grads[0] is not None else torch.zeros_like(emb_delta)
-        adjacency[rows[:, None], embedding_rows] = (g_emb * model.embedding).sum(-1).double().cpu()
-        for d, acts, err, g in zip(model.dictionaries, model.activations, model.errors, grads[1:]):
-            g = torch.zeros_like(err).expand(len(chunk), *err.shape) if g is None else g
-            adjacency[rows[:, None], error_rows[d.info.name]] = (g * err).sum(-1).double().cpu()
-            pos, feat = torch.nonzero(acts > 0, as_tuple=True)
-            effect = torch.einsum("bkd,kd->bk", g[:, pos], d.W_dec.detach()[feat]) * acts[pos, feat]
-            adjacency[rows[:, None], feature_rows[d.info.name]] = effect.double().cpu()
+        adjacency[rows] = _edges(model, columns, grads, n, emb_delta)
         value[rows] = values.detach().cpu()  # the sources as they are: each target's value
         with torch.no_grad():  # every source off: the bias
             off = model.run(torch.zeros_like(emb_delta), [torch.zeros_like(delta) for delta in deltas], scale=0.0)
             bias[rows] = _target_values(*off, chunk, model.dictionaries).cpu()
+    qk = _qk_edges(model, nodes, columns, batch) if qk_edges else (None, None, None)
     return AttributionGraph(nodes=nodes, adjacency=adjacency, bias=bias, target_value=value,
-                            logit_probabilities=logit_probs.cpu(),
-                            prompt=prompt, tokens=token_text, model=model_name)
+                            logit_probabilities=logit_probs.cpu(), prompt=prompt, tokens=token_text,
+                            model=model_name, qk_targets=qk[0], q_adjacency=qk[1], k_adjacency=qk[2])

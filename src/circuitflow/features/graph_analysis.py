@@ -31,6 +31,7 @@ from circuitflow.features.dictionary import SparseDictionary, hook_names
 from circuitflow.features.interventions import FeatureIntervention, intervene
 from circuitflow.features.pruning import completeness_score, graph_influence, prune, replacement_score
 from circuitflow.features.tracer_json import write_circuit_tracer_json, write_graph_index
+from circuitflow.features.typed_edges import edge_type_shares, typed_edges
 from circuitflow.models.contract import input_device
 
 
@@ -139,18 +140,20 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 def analyse_prompts(bridge, tokenizer, dictionaries: Mapping[str, SparseDictionary], prompts: Sequence[str],
                     folder: Path | str, *, node_threshold: float, edge_threshold: float, fractions: Sequence[float],
-                    max_logits: int = 10, logit_probability: float = 0.95, model_name: str = "",
-                    progress: bool = True) -> dict[str, pd.DataFrame]:
+                    max_logits: int = 10, logit_probability: float = 0.95, qk_edges: bool = True,
+                    model_name: str = "", progress: bool = True) -> dict[str, pd.DataFrame]:
     """Attribution graphs of ``prompts`` saved into ``folder`` (``graph_{i}.pt`` and circuit-tracer
-    ``graph_{i}.json`` + ``graph-metadata.json``), and four tables: ``nodes`` (every node with its influence and
-    whether pruning keeps it), ``scores`` (per graph), ``faithfulness`` (feature-circuit curves), ``ablation``
-    (attribution vs exact ablation). Columns are described in README ("Feature circuits")."""
+    ``graph_{i}.json`` + ``graph-metadata.json``), and five tables: ``nodes`` (every node with its influence and
+    whether pruning keeps it), ``edges`` (the pruned graph's typed edges), ``scores`` (per graph),
+    ``faithfulness`` (feature-circuit curves), ``ablation`` (attribution vs exact ablation). Columns are described
+    in README ("Feature circuits")."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, list[pd.DataFrame]] = {"nodes": [], "scores": [], "faithfulness": [], "ablation": []}
+    tables: dict[str, list[pd.DataFrame]] = {"nodes": [], "edges": [], "scores": [], "faithfulness": [],
+                                             "ablation": []}
     for i, prompt in enumerate(tqdm(prompts, desc="attribution graphs", disable=not progress, mininterval=5)):
         graph = attribution_graph(bridge, tokenizer, prompt, dictionaries, max_logits=max_logits,
-                                  logit_probability=logit_probability, model_name=model_name)
+                                  logit_probability=logit_probability, qk_edges=qk_edges, model_name=model_name)
         influence = graph_influence(graph)
         node_mask, edge_mask = prune(graph, node_threshold, edge_threshold)
         graph.save(folder / f"graph_{i}.pt")
@@ -158,11 +161,14 @@ def analyse_prompts(bridge, tokenizer, dictionaries: Mapping[str, SparseDictiona
                                   node_threshold=node_threshold)
         labels = dict(graph=i, prompt=prompt)
         tables["nodes"].append(graph.nodes.assign(influence=influence.numpy(), kept=node_mask.numpy(), **labels))
+        tables["edges"].append(typed_edges(graph, node_mask, edge_mask).assign(**labels))
+        shares = edge_type_shares(graph) if qk_edges else dict.fromkeys(("ov_share", "q_share", "k_share"), np.nan)
         tables["scores"].append(pd.DataFrame([dict(
             labels, replacement_score=replacement_score(graph), completeness_score=completeness_score(graph),
             completeness_error=graph.completeness_error, n_nodes=graph.n_nodes, n_kept_nodes=int(node_mask.sum()),
             n_edges=int((graph.adjacency != 0).sum()), n_kept_edges=int(edge_mask.sum()),
             n_features=len(graph.index("feature")), top_token=graph.nodes.loc[graph.index("logit")[0].item(), "token"],
+            **shares,
         )]))
         tables["faithfulness"].append(circuit_faithfulness(bridge, tokenizer, dictionaries, graph, influence,
                                                            fractions).assign(**labels))

@@ -10,11 +10,14 @@ the logits) widens without stretching the others. A node's area grows with its *
 influence on the logits through the graph, plus its own logit weight ``w``, the probability, for a logit node), the
 quantity pruning ranks nodes and edges by. An edge ``s → t`` is a straight line whose width and opacity grow with
 ``|adjacency[t, s]|`` and whose colour gives the sign of the direct effect (red: raises the target, blue: lowers it),
-as in :func:`circuitflow.plots.circuit_drawing`. Logits are labelled by their token, and the most important features
-and error nodes by their dictionary and feature.
+as in :func:`circuitflow.plots.circuit_drawing`. The kept Q and K edges into attention features (LEAP's, see
+:mod:`circuitflow.features.typed_edges`), when the graph has them, are dashed (Q) and dotted (K) in the same colours,
+scaled alike. Logits are labelled by their token, and the most important features and error nodes by their
+dictionary and feature.
 
-Every node kind is one scatter collection (``gid`` ``"nodes:<group>"``) and all edges one line collection (``gid``
-``"edges"``), so a figure's contents can be read back from its Axes.
+Every node kind is one scatter collection (``gid`` ``"nodes:<group>"``), the pruned graph's edges one line
+collection (``gid`` ``"edges"``) and the Q and K edges one each (``"edges:Q"``, ``"edges:K"``), so a figure's contents
+can be read back from its Axes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from circuitflow.features.pruning import graph_influence, node_kinds  # noqa: E402
+from circuitflow.features.typed_edges import typed_edges  # noqa: E402
 from circuitflow.plots import set_symlog  # noqa: E402
 
 if TYPE_CHECKING:
@@ -43,6 +47,7 @@ NODE_GROUPS = {"embedding": ("tab:purple", "token embedding"), "attn": ("tab:ora
                "mlp": ("tab:green", "transcoder (MLP) feature"), "error": ("lightgrey", "error node"),
                "logit": ("tab:brown", "logit")}
 EDGE_COLOURS = {True: "tab:red", False: "tab:blue"}  # by sign: positive, negative
+EDGE_STYLES = {"edges": "solid", "edges:Q": "dashed", "edges:K": "dotted"}  # OV and direct edges, then LEAP's Q and K
 CELL_WIDTH = 0.8  # share of a position's column that the nodes of its fullest cell spread over
 NODE_GAP = 0.25  # column width per node of a position's fullest cell (a column is at least 1 wide)
 NODE_KEYS = ["kind", "site", "layer", "position", "feature", "token"]  # what identifies a node across tables
@@ -142,15 +147,18 @@ def draw_attribution_graph(graph: AttributionGraph, node_mask: Tensor, edge_mask
     if ax is None:
         _, ax = plt.subplots(figsize=(min(24.0, 2.5 + 1.1 * layout.width), 1.5 + 0.6 * len(row_names)))
 
-    edges = torch.as_tensor(edge_mask).cpu().numpy().astype(bool) & keep[:, None] & keep[None, :]
-    targets, sources = edges.nonzero()
-    weights = graph.adjacency.detach().cpu().double().numpy()[targets, sources]
-    scale = np.abs(weights).max(initial=0.0) or 1.0
-    segments = np.stack([np.stack([x[sources], row[sources]], -1), np.stack([x[targets], row[targets]], -1)], 1)
-    strength = np.abs(weights) / scale
-    colours = np.where((weights > 0)[:, None], mcolors.to_rgb(EDGE_COLOURS[True]), mcolors.to_rgb(EDGE_COLOURS[False]))
-    ax.add_collection(LineCollection(segments.reshape(-1, 2, 2), linewidths=0.3 + 2.7 * strength, zorder=1,
-                                     colors=np.column_stack([colours, 0.15 + 0.6 * strength]), gid="edges"))
+    edges = typed_edges(graph, node_mask, edge_mask)
+    scale = edges["weight"].abs().max() if len(edges) else 1.0
+    for kind, style in EDGE_STYLES.items():
+        mine = edges[edges["type"].isin(["direct", "OV"])] if kind == "edges" else edges[edges["type"] == kind[-1]]
+        sources, targets, weights = (mine[c].to_numpy() for c in ("source", "target", "weight"))
+        segments = np.stack([np.stack([x[sources], row[sources]], -1), np.stack([x[targets], row[targets]], -1)], 1)
+        strength = np.abs(weights) / (scale or 1.0)
+        colours = np.where((weights > 0)[:, None], mcolors.to_rgb(EDGE_COLOURS[True]),
+                           mcolors.to_rgb(EDGE_COLOURS[False]))
+        ax.add_collection(LineCollection(segments.reshape(-1, 2, 2), linewidths=0.3 + 2.7 * strength, zorder=1,
+                                         colors=np.column_stack([colours, 0.15 + 0.6 * strength]),
+                                         linestyles=style, gid=kind))
 
     group = np.where(nodes["kind"] == "feature", nodes["site"], nodes["kind"])
     biggest = importance[keep].max(initial=0.0) or 1.0
@@ -180,6 +188,8 @@ def draw_attribution_graph(graph: AttributionGraph, node_mask: Tensor, edge_mask
                for name, (colour, legend) in NODE_GROUPS.items() if (keep & (group == name)).any()]
     handles += [plt.Line2D([], [], color=EDGE_COLOURS[sign], label=f"{'positive' if sign else 'negative'} edge")
                 for sign in (True, False)]
+    handles += [plt.Line2D([], [], color="0.3", ls=EDGE_STYLES[f"edges:{kind}"], label=f"{kind} edge (pattern)")
+                for kind in ("Q", "K") if (edges["type"] == kind).any()]
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
               title="node area ∝ influence", title_fontsize="small")
     return ax.figure
