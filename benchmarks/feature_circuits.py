@@ -19,7 +19,9 @@ feature has been dead for 50 batches: never on isotropic random data); ``collect
 shape; and per attribution graph its nodes, targets (active features and logits: one backward row each), nonzero
 edges, seconds for ``attribution_graph`` and for ``prune``, peak memory and ``completeness_error``. Each graph runs in
 a fresh process, so each peak RSS is its own (CPU: peak RSS of that process, model and dictionaries included; GPU:
-peak allocated while building the graph). ``train_dictionary`` always trains on the CPU, whatever ``--device`` says.
+peak allocated while building the graph). Each graph is built twice in its process: without LEAP's Q and K edges
+(``qk_edges=False``: the adjacency only) and with them (the default; two more backward passes per batch of attention
+features), so the Q/K cost is their difference. ``train_dictionary`` trains on ``--device``.
 """
 
 from __future__ import annotations
@@ -86,15 +88,18 @@ def random_dictionaries(n_layers: int, d_model: int, d_z: int, expansion: int, k
     return out
 
 
-def training_seconds(d: int, site: str, expansion: int, k: int, steps: int, batch_size: int, dtype: str) -> float:
+def training_seconds(d: int, site: str, expansion: int, k: int, steps: int, batch_size: int, dtype: str,
+                     device: str) -> float:
     """Wall seconds of ``train_dictionary`` for ``steps`` steps of a ``site`` dictionary (d_in = d_out = ``d``) on
     ``4 · batch_size`` random normal activations (an SAE's targets are its inputs)."""
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(4 * batch_size, d, generator=gen).to(resolve_dtype(dtype))
     targets = inputs if site == "attn" else torch.randn(4 * batch_size, d, generator=gen).to(resolve_dtype(dtype))
     spec = DictionarySpec(expansion=expansion, k=k, steps=steps, batch_size=batch_size)
+    sync(device)
     start = time.perf_counter()
-    train_dictionary(inputs, targets, spec.info(site, 0), spec, progress=False)
+    train_dictionary(inputs, targets, spec.info(site, 0), spec, progress=False, device=device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -118,7 +123,8 @@ def collection_throughput(n_prompts: int, device: str, dtype: str) -> tuple[floa
 def graph_measurement(shape_name: str, layers: int | None, batch: int, device: str, dtype: str,
                       threads: int | None) -> dict:
     """One attribution graph of ``shape_name`` (``layers`` overrides its depth) with ``batch`` targets per backward,
-    then :func:`prune` (0.8 / 0.98): sizes, seconds, peak memory and completeness error. Run in a fresh process."""
+    without and then with Q/K edges, then :func:`prune` (0.8 / 0.98): sizes, seconds, peak memory and completeness
+    error. Run in a fresh process."""
     if threads is not None:
         torch.set_num_threads(threads)
     shape = SHAPES[shape_name]
@@ -131,11 +137,13 @@ def graph_measurement(shape_name: str, layers: int | None, batch: int, device: s
     before = peak_rss_gib()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    sync(device)
-    start = time.perf_counter()
-    graph = attribution_graph(bridge, tokenizer, shape["prompt"], dictionaries, batch=batch)
-    sync(device)
-    graph_s = time.perf_counter() - start
+    seconds = {}
+    for qk in (False, True):
+        sync(device)
+        start = time.perf_counter()
+        graph = attribution_graph(bridge, tokenizer, shape["prompt"], dictionaries, batch=batch, qk_edges=qk)
+        sync(device)
+        seconds[qk] = time.perf_counter() - start
     graph_peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else peak_rss_gib()
     start = time.perf_counter()
     node_mask, edge_mask = prune(graph)
@@ -143,15 +151,16 @@ def graph_measurement(shape_name: str, layers: int | None, batch: int, device: s
     n_targets = len(graph.index("feature")) + len(graph.index("logit"))
     return dict(shape=shape_name, layers=config["num_hidden_layers"], d_model=d_model, tokens=len(graph.tokens),
                 batch=batch, nodes=graph.n_nodes, targets=n_targets, backwards=-(-n_targets // batch),
-                edges=int((graph.adjacency != 0).sum()), kept_nodes=int(node_mask.sum()),
-                kept_edges=int(edge_mask.sum()), graph_s=graph_s, prune_s=prune_s, rss_before_gib=before,
+                qk_targets=len(graph.qk_targets), edges=int((graph.adjacency != 0).sum()),
+                kept_nodes=int(node_mask.sum()), kept_edges=int(edge_mask.sum()), graph_s=seconds[False],
+                qk_s=seconds[True] - seconds[False], prune_s=prune_s, rss_before_gib=before,
                 graph_peak_gib=graph_peak, completeness_error=graph.completeness_error)
 
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", default="cpu", help="where the models run (dictionary training is CPU-only)")
+    parser.add_argument("--device", default="cpu", help="where the models run and the dictionaries train")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quick", action="store_true",
                         help="a fast check: 100 toy / 3 real-width training steps once, 1024 prompts, real width at 2 "
@@ -180,8 +189,8 @@ def main() -> None:
         shape = SHAPES[name]
         d = shape["config"]["hidden_size"]  # d_z = d_model in both shapes
         for site in SITES:
-            seconds = min(training_seconds(d, site, shape["expansion"], shape["k"], steps, 1024, args.dtype)
-                          for _ in range(args.repeat))
+            seconds = min(training_seconds(d, site, shape["expansion"], shape["k"], steps, 1024, args.dtype,
+                                           args.device) for _ in range(args.repeat))
             training.append(f"| {name} | {SITE_NAMES[site]} | {d} | {shape['expansion'] * d} | {shape['k']} | 1024 | "
                             f"{steps} | {seconds / steps * 1000:.1f} |")
             print(training[-1], flush=True)
@@ -190,14 +199,15 @@ def main() -> None:
     print(f"collect_activations: {tokens_per_s:,.0f} tokens/s over {n_tokens} tokens", flush=True)
 
     graphs = ["| shape | layers | tokens | batch | nodes | targets | backwards | edges | attribution_graph s | "
-              "s per backward | prune s | kept nodes / edges | peak GiB (before graph) | completeness error |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "s per backward | Q/K targets | + Q/K s | prune s | kept nodes / edges | peak GiB (before graph) | "
+              "completeness error |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [("toy", None, 64), *(("pythia-160m", args.layers, batch) for batch in args.batches)]
     for name, layers, batch in runs:
         r = in_fresh_process(graph_measurement, name, layers, batch, args.device, args.dtype, args.threads)
         graphs.append(f"| {name} | {r['layers']} | {r['tokens']} | {r['batch']} | {r['nodes']:,} | {r['targets']:,} | "
                       f"{r['backwards']} | {r['edges']:,} | {r['graph_s']:.2f} | {r['graph_s'] / r['backwards']:.3f} | "
-                      f"{r['prune_s']:.2f} | {r['kept_nodes']:,} / {r['kept_edges']:,} | {r['graph_peak_gib']:.2f} "
+                      f"{r['qk_targets']:,} | {r['qk_s']:.2f} | {r['prune_s']:.2f} | {r['kept_nodes']:,} / {r['kept_edges']:,} | {r['graph_peak_gib']:.2f} "
                       f"({r['rss_before_gib']:.2f}) | {r['completeness_error']:.1e} |")
         print(graphs[-1], flush=True)
 
@@ -212,7 +222,7 @@ def main() -> None:
         f"device {args.device}, {args.dtype}, commit {commit}, {datetime.date.today()}; "
         f"the whole run took {time.perf_counter() - began:.0f} s.",
         "",
-        "## Dictionary training (`train_dictionary`, random normal activations, always on the CPU)",
+        f"## Dictionary training (`train_dictionary`, random normal activations, on {args.device})",
         "",
         f"Seconds per 1000 steps: the time of the steps timed (best of {args.repeat} runs) scaled to 1000; a topk "
         "dictionary's AuxK loss never runs on these isotropic activations (no feature stays dead for 50 batches).",
@@ -226,7 +236,9 @@ def main() -> None:
         "",
         "Random GPT-NeoX models and random top-k dictionaries at every MLP and attention layer; each row in a fresh "
         "process. targets: active features and logits, one backward row each; backwards: ⌈targets / batch⌉; edges: "
-        "nonzero adjacency entries; s per backward: attribution_graph s / backwards (its fixed costs included). Peak "
+        "nonzero adjacency entries; attribution_graph s: without Q/K edges; s per backward: that / backwards (its "
+        "fixed costs included); Q/K targets: attention-SAE features (the rows of the Q and K matrices); + Q/K s: "
+        "the extra seconds of the same graph with Q/K edges (`qk_edges=True`, the default). Peak "
         "GiB: the process's peak RSS after the graph (on a GPU: peak allocated during it), in brackets its peak "
         "before the graph (model and dictionaries built). Completeness error: the largest |Σ inputs + bias − value| "
         "over targets relative to the largest |value|.",
