@@ -329,17 +329,18 @@ def _qk_edges(model: ReplacementModel, nodes: pd.DataFrame, columns: dict[str, T
     ``[n_qk]`` and the Q and K adjacency rows ``[n_qk, n_nodes]``."""
     targets = nodes[(nodes["kind"] == "feature") & (nodes["site"] == "attn")]
     out = {path: torch.zeros(len(targets), len(nodes), dtype=torch.float64) for path in ("q", "k")}
-    for start in range(0, len(targets), batch):
-        chunk = targets.iloc[start:start + batch]
-        for layer, part in chunk.groupby("layer", sort=False):
-            rows = torch.as_tensor(start + np.flatnonzero(chunk["layer"].to_numpy() == layer))
+    layers = targets["layer"].to_numpy()
+    for layer in np.unique(layers):  # one layer's pattern is live per pass
+        rows = np.flatnonzero(layers == layer)
+        for start in range(0, len(rows), batch):
+            chunk = torch.as_tensor(rows[start:start + batch])
             for path in ("q", "k"):
-                emb_delta, deltas = _leaves(model, len(part))
+                emb_delta, deltas = _leaves(model, len(chunk))
                 logits, inputs = model.run(emb_delta, deltas, live_layer=int(layer),
                                            hooks=pattern_path_hooks(int(layer), path))
-                values = _target_values(logits, inputs, part, model.dictionaries)
+                values = _target_values(logits, inputs, targets.iloc[chunk.numpy()], model.dictionaries)
                 grads = torch.autograd.grad(values.sum(), [emb_delta, *deltas], allow_unused=True)
-                out[path][rows] = _edges(model, columns, grads, len(nodes), emb_delta)
+                out[path][chunk] = _edges(model, columns, grads, len(nodes), emb_delta)
     return torch.tensor(targets.index.to_numpy()), out["q"], out["k"]
 
 
