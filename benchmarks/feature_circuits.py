@@ -121,10 +121,10 @@ def collection_throughput(n_prompts: int, device: str, dtype: str) -> tuple[floa
 
 
 def graph_measurement(shape_name: str, layers: int | None, batch: int, device: str, dtype: str,
-                      threads: int | None) -> dict:
+                      threads: int | None, qk_only: bool = False) -> dict:
     """One attribution graph of ``shape_name`` (``layers`` overrides its depth) with ``batch`` targets per backward,
-    without and then with Q/K edges, then :func:`prune` (0.8 / 0.98): sizes, seconds, peak memory and completeness
-    error. Run in a fresh process."""
+    without and then with Q/K edges (``qk_only``: only with them, ``graph_s`` their total and no ``qk_s``), then
+    :func:`prune` (0.8 / 0.98): sizes, seconds, peak memory and completeness error. Run in a fresh process."""
     if threads is not None:
         torch.set_num_threads(threads)
     shape = SHAPES[shape_name]
@@ -138,7 +138,7 @@ def graph_measurement(shape_name: str, layers: int | None, batch: int, device: s
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     seconds = {}
-    for qk in (False, True):
+    for qk in (True,) if qk_only else (False, True):
         sync(device)
         start = time.perf_counter()
         graph = attribution_graph(bridge, tokenizer, shape["prompt"], dictionaries, batch=batch, qk_edges=qk)
@@ -152,8 +152,9 @@ def graph_measurement(shape_name: str, layers: int | None, batch: int, device: s
     return dict(shape=shape_name, layers=config["num_hidden_layers"], d_model=d_model, tokens=len(graph.tokens),
                 batch=batch, nodes=graph.n_nodes, targets=n_targets, backwards=-(-n_targets // batch),
                 qk_targets=len(graph.qk_targets), edges=int((graph.adjacency != 0).sum()),
-                kept_nodes=int(node_mask.sum()), kept_edges=int(edge_mask.sum()), graph_s=seconds[False],
-                qk_s=seconds[True] - seconds[False], prune_s=prune_s, rss_before_gib=before,
+                kept_nodes=int(node_mask.sum()), kept_edges=int(edge_mask.sum()),
+                graph_s=seconds[True] if qk_only else seconds[False],
+                **({} if qk_only else {"qk_s": seconds[True] - seconds[False]}), prune_s=prune_s, rss_before_gib=before,
                 graph_peak_gib=graph_peak, completeness_error=graph.completeness_error)
 
 

@@ -14,7 +14,11 @@ Parts, in this order (random weights built from configs, nothing downloaded):
 * ``device_map_split``: EAP and EAP-IG-inputs scores of one float32 model loaded whole on the first device and split
   (first half of the layers there, the rest on the second device), once through ``load_bridge(device_map=...)``
   (HF/accelerate: modules mapped to ``cpu`` are offloaded and run on the GPU) and once dispatched so that each half
-  runs where its weights are (activations really cross devices).
+  runs where its weights are (activations really cross devices);
+* ``features_pythia-160m``: the feature-circuit stage at Pythia-160m's width in float32
+  (``benchmarks/feature_circuits.py``): ``train_dictionary`` steps of a top-k transcoder (6144 features, k 32) on the
+  device, and one attribution graph of all 12 layers (transcoders and attention SAEs, LEAP's Q/K edges included),
+  then its pruning.
 
 A global time budget guards the run: a part whose estimate no longer fits is skipped with a note, and a part still
 running at the deadline is stopped and keeps what it measured. Both files are rewritten after every part. Peak
@@ -40,6 +44,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.circuit_engine import build_config, hf_passes, method_runs, random_models, random_pair_batches, timed
+from benchmarks.feature_circuits import SHAPES as FEATURE_SHAPES
+from benchmarks.feature_circuits import graph_measurement, training_seconds
 from benchmarks.neuron_patching import ie_map_floor, ie_map_sites, naive_neuron_patching
 from circuitflow.circuits import Tracer, attribute
 from circuitflow.codehash import script_code_hash
@@ -69,6 +75,8 @@ class Plan:
     neuron_rows: int
     ie_rows: int
     split_shape: str
+    feature_shape: str  # a shape of benchmarks/feature_circuits.py
+    feature_steps: int  # train_dictionary steps timed
     estimates: dict[str, float]
     budget_s: float
 
@@ -76,14 +84,16 @@ class Plan:
 GPU = Plan(device="cuda:0", second_device="cpu", dtype="bfloat16",
            engine_shapes=(("pythia-1.4b", None), ("llama-3-8b", None)), pairs=256, batch=64,
            patch_shape="pythia-1.4b", prompts=50, naive_neurons=256, neuron_rows=8192, ie_rows=4096,
-           split_shape="small",
+           split_shape="small", feature_shape="pythia-160m", feature_steps=200,
            estimates={"engine_pythia-1.4b": 60, "localization_pythia-1.4b": 75, "device_map_split": 45,
-                      "engine_llama-3-8b": 150},
+                      "features_pythia-160m": 60, "engine_llama-3-8b": 150},
            budget_s=480)
 SMOKE = Plan(device="cpu", second_device="cpu", dtype="bfloat16",
              engine_shapes=(("tiny", None), ("llama-tiny", None)), pairs=16, batch=8,
              patch_shape="tiny", prompts=8, naive_neurons=4, neuron_rows=512, ie_rows=512, split_shape="tiny",
-             estimates={"engine_tiny": 5, "localization_tiny": 5, "device_map_split": 5, "engine_llama-tiny": 5},
+             feature_shape="toy", feature_steps=5,
+             estimates={"engine_tiny": 5, "localization_tiny": 5, "device_map_split": 5, "features_toy": 5,
+                        "engine_llama-tiny": 5},
              budget_s=600)
 
 
@@ -305,13 +315,28 @@ def run_part(name: str, fn: Callable[[dict], None], plan: Plan, deadline: float,
         release_memory()
 
 
+def features_part(plan: Plan, record: dict) -> None:
+    """Dictionary training steps and one attribution graph (with Q/K edges) at ``plan.feature_shape``, float32."""
+    shape = FEATURE_SHAPES[plan.feature_shape]
+    d = shape["config"]["hidden_size"]
+    seconds = training_seconds(d, "mlp", shape["expansion"], shape["k"], plan.feature_steps, 1024, "float32",
+                               plan.device)
+    record["training"] = dict(d=d, features=shape["expansion"] * d, k=shape["k"], steps=plan.feature_steps,
+                              s_per_1000_steps=seconds / plan.feature_steps * 1000)
+    graph = graph_measurement(plan.feature_shape, None, 64, plan.device, "float32", None, qk_only=True)
+    record["graph"] = {key: graph[key] for key in ("layers", "tokens", "nodes", "targets", "qk_targets",
+                                                   "graph_s", "prune_s", "graph_peak_gib", "completeness_error")}
+
+
 def parts(plan: Plan) -> dict[str, Callable[[dict], None]]:
-    """``{part name: fn(record)}`` in run order: the Pythia-width parts, the split, then the largest model."""
+    """``{part name: fn(record)}`` in run order: the Pythia-width parts, the split, the feature circuits, then the
+    largest model."""
     (small_shape, small_layers), (large_shape, large_layers) = plan.engine_shapes
     return {
         f"engine_{small_shape}": lambda r: engine_part(plan, small_shape, small_layers, r),
         f"localization_{plan.patch_shape}": lambda r: localization_part(plan, r),
         "device_map_split": lambda r: split_part(plan, r),
+        f"features_{plan.feature_shape}": lambda r: features_part(plan, r),
         f"engine_{large_shape}": lambda r: engine_part(plan, large_shape, large_layers, r),
     }
 
@@ -363,6 +388,17 @@ def markdown(report: dict) -> str:
                                  f"parameters: {where} |")
             if v["status"] != "ok":
                 lines.append(f"| {name} | {variant}: failed | | | | | {v.get('note', '')} |")
+        if "training" in rec:
+            t = rec["training"]
+            lines.append(f"| {name} | train_dictionary, transcoder d {t['d']} × {t['features']} features, k {t['k']}, "
+                         f"batch 1024, {t['steps']} steps | {fmt(t['s_per_1000_steps'] * t['steps'] / 1000)} | | "
+                         f"{fmt(t['s_per_1000_steps'])} s per 1000 steps | | float32 |")
+        if "graph" in rec:
+            g = rec["graph"]
+            lines.append(f"| {name} | attribution graph, {g['layers']} layers, {g['tokens']} tokens, {g['nodes']} "
+                         f"nodes, {g['targets']} targets + {g['qk_targets']} Q/K targets | {fmt(g['graph_s'])} | "
+                         f"prune {fmt(g['prune_s'])} | completeness error {g['completeness_error']:.1g} | "
+                         f"{fmt(g['graph_peak_gib'])} | with Q/K edges, batch 64 |")
     return "\n".join(lines) + "\n"
 
 

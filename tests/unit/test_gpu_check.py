@@ -19,11 +19,14 @@ from benchmarks.gpu_check import SMOKE, Plan, run_part, split_device_map
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = dict(layers=2, heads=4, d_mlp=256)  # benchmarks/circuit_engine.py SHAPES["tiny"], the smoke run's shape
-PARTS = {"engine_tiny", "localization_tiny", "device_map_split", "engine_llama-tiny"}
+PARTS = {"engine_tiny", "localization_tiny", "device_map_split", "features_toy", "engine_llama-tiny"}
 ENGINE_METHODS = {"EAP", "EAP-IG-inputs (5)", "circuit evaluation"}
 METHOD_KEYS = {"wall_s", "floor_s", "ratio", "peak_gib", "passes_per_batch"}
 NEURON_KEYS = {"layer", "neurons", "prompts", "naive_s", "ours_s", "speedup", "peak_gib_naive", "peak_gib_ours"}
 IE_KEYS = {"sites", "prompts", "wall_s", "sites_per_s", "floor_s", "ratio", "peak_gib"}
+TRAINING_KEYS = {"d", "features", "k", "steps", "s_per_1000_steps"}
+GRAPH_KEYS = {"layers", "tokens", "nodes", "targets", "qk_targets", "graph_s", "prune_s", "graph_peak_gib",
+              "completeness_error"}
 SPLIT_KEYS = {"max_abs_diff", "max_abs_score", "allclose", "wall_s_whole", "wall_s_split", "peak_gib_whole",
               "peak_gib_split"}
 
@@ -67,6 +70,8 @@ def test_smoke_has_every_measurement(smoke):
             assert METHOD_KEYS <= set(parts[name]["methods"][method])
     assert NEURON_KEYS <= set(parts["localization_tiny"]["neuron_patching"])
     assert IE_KEYS <= set(parts["localization_tiny"]["ie_map"])
+    assert TRAINING_KEYS <= set(parts["features_toy"]["training"])
+    assert GRAPH_KEYS <= set(parts["features_toy"]["graph"])
     variants = parts["device_map_split"]["variants"]
     assert set(variants) == {"hf_device_map", "two_devices"}
     for variant in variants.values():
@@ -92,6 +97,9 @@ def test_counts_and_ratios_agree_with_the_shapes_and_times(smoke):
     assert neurons["speedup"] == pytest.approx(neurons["naive_s"] / neurons["ours_s"])
     for method in parts["engine_tiny"]["methods"].values():
         assert method["ratio"] == pytest.approx(method["wall_s"] / method["floor_s"])
+    training, graph = parts["features_toy"]["training"], parts["features_toy"]["graph"]
+    assert (training["d"], training["features"], training["k"]) == (64, 512, 8)  # feature_circuits.SHAPES["toy"]
+    assert graph["layers"] == 2 and graph["completeness_error"] < 1e-4 and 0 < graph["qk_targets"] < graph["targets"]
 
 
 def test_markdown_has_a_row_per_measurement(smoke):
@@ -102,6 +110,8 @@ def test_markdown_has_a_row_per_measurement(smoke):
     assert any("exact patching of layer 1, 256 neurons" in row for row in rows)
     assert any("IE map, 40 sites" in row for row in rows)
     assert sum("scores vs whole" in row for row in rows) == 4  # 2 variants x (EAP, EAP-IG-inputs)
+    assert any("train_dictionary, transcoder d 64 × 512 features" in row for row in rows)
+    assert any("attribution graph, 2 layers" in row for row in rows)
 
 
 def test_split_device_map_covers_every_module_and_halves_the_layers():
