@@ -1,4 +1,4 @@
-"""The finished tiny run (``tests/configs/tiny.yaml``, GPT-NeoX toy, four operators) that several integration tests
+"""The finished tiny run (``tests/configs/tiny.yaml``, GPT-NeoX toy, two operators) that several integration tests
 read: built once per test session, in a temporary folder. Tests must not change its outputs (dry runs, copies; a
 test that reruns jobs works on a :func:`copy_run` of it)."""
 

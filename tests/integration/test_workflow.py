@@ -1,5 +1,5 @@
-"""The workflow end to end on seconds-scale configs, one per toy architecture (GPT-NeoX with all four operators,
-Llama with grouped-query attention and GPT-2 with + and −): every output exists and is sane; a rerun does nothing.
+"""The workflow end to end on seconds-scale configs, one per toy architecture (GPT-NeoX with + and ×, Llama with
+grouped-query attention and GPT-2 with + only; the default config's make run covers all four operators): every output exists and is sane; a rerun does nothing.
 Expected shapes and operators are read from the config."""
 
 from __future__ import annotations
