@@ -156,8 +156,9 @@ def draw_attribution_graph(graph: AttributionGraph, node_mask: Tensor, edge_mask
         strength = np.abs(weights) / (scale or 1.0)
         colours = np.where((weights > 0)[:, None], mcolors.to_rgb(EDGE_COLOURS[True]),
                            mcolors.to_rgb(EDGE_COLOURS[False]))
-        ax.add_collection(LineCollection(segments.reshape(-1, 2, 2), linewidths=0.3 + 2.7 * strength, zorder=1,
-                                         colors=np.column_stack([colours, 0.15 + 0.6 * strength]),
+        floor = 0.3 if style == "solid" else 0.9  # dashes and dots need some width and opacity to show
+        ax.add_collection(LineCollection(segments.reshape(-1, 2, 2), linewidths=floor + 2.7 * strength, zorder=1,
+                                         colors=np.column_stack([colours, 0.15 + floor / 3 + 0.6 * strength]),
                                          linestyles=style, gid=kind))
 
     group = np.where(nodes["kind"] == "feature", nodes["site"], nodes["kind"])
