@@ -211,12 +211,12 @@ def position_outputs(name):
 
 
 def position_figure_labels(wildcards, figure, method):
-    """Report labels of a position-aware figure, the same as :func:`circuit_labels`: figure, operator, method ("all":
+    """Report labels of a position-aware figure, the same as :func:`circuit_labels`: operator, figure, method ("all":
     every method), the edge-level CPR (the method's, or the best method's) and the level (the drawing: edge)."""
     areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/position_areas.parquet"
     return {
-        "figure": figure,
         "operator": wildcards.op,
+        "figure": figure,
         "method": method or "all",
         "CPR": cpr_label(areas, method),
         "level": "edge" if method else "all",
@@ -267,9 +267,11 @@ def all_outputs():
 
 
 def circuit_labels(wildcards, figure, method, level):
-    """Report labels of a circuits figure (called by its report(...) markup when the report is built): the figure,
-    operator, method (None: "all", the best one), its CPR at the figure's level (at edge level for a figure of all
-    levels) and the level."""
+    """Report labels of a circuits figure (called by its report(...) markup when the report is built): the operator,
+    figure, method (None: "all", the best one), its CPR at the figure's level (at edge level for a figure of all
+    levels) and the level. The operator comes first: Snakemake's report turns a later label with exactly two values
+    into a toggle, and with two operators the CPR differs between them, so no complete grid exists to toggle over
+    (the page failed to render)."""
     areas = f"{RES}/{wildcards.model}/circuits/{wildcards.op}/areas.parquet"
     cpr = cpr_label(areas, method, "edge" if level == "all" else level)
-    return {"figure": figure, "operator": wildcards.op, "method": method or "all", "CPR": cpr, "level": level}
+    return {"operator": wildcards.op, "figure": figure, "method": method or "all", "CPR": cpr, "level": level}
